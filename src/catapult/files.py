@@ -263,14 +263,13 @@ def run_output_of_ours(path, name: str | None = None) -> bool:
             data = path.read_bytes()
             return data.startswith(PNG_START) and _MATPLOTLIB_PNG in data
         if name == "config.yaml":
-            import yaml
-
             from catapult.config import RunConfig
+            from catapult.config.io import safe_yaml
 
             data = path.read_bytes()
             if cut_off_mapping(data, RunConfig.model_fields, skips=False):
                 return True
-            config = yaml.safe_load(data.decode("utf-8"))
+            config = safe_yaml(data.decode("utf-8"))   # bounded, as every reader of a user's YAML
             return isinstance(config, dict) and _RUN_CONFIG_KEYS <= config.keys()
     except Exception:  # unreadable, not UTF-8, not YAML: not ours
         return False
