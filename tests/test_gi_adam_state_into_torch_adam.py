@@ -143,3 +143,32 @@ def test_a_parameter_the_torch_state_had_not_started_starts_by_its_own_groups_v0
     gi.load_state_dict(saved)
     assert [g["v0"] for g in gi.param_groups] == ["grad", 0.0]
     _continue_alike((gi, ours), (torch_opt, theirs))
+
+
+def test_a_parameter_the_torch_state_had_not_started_draws_v0_random_by_its_own_groups_seed():
+    # S: the load gave a torch group its own group's v0 but the constructor's seed: a group built with
+    # v0="random", seed=7 drew its unstepped parameter's v0 from seed 0 + 1. Truth: a GIAdam built with
+    # that group, whose first step of that parameter is the same arithmetic (bit-equal)
+    theirs = _params()
+    torch_opt = torch.optim.AdamW([{"params": theirs[:1]}, {"params": theirs[1:]}], lr=0.1, weight_decay=0.01)
+    for t in range(2):
+        _grads(theirs[:1], t)           # the second group's parameter gets no gradient: no state
+        torch_opt.step()
+    saved = _through_a_file(torch_opt.state_dict())
+    for group in saved["param_groups"]:
+        group.setdefault("decoupled_weight_decay", True)    # (torch 2.2 writes no flag)
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
+    fresh = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
+
+    def groups(params):
+        return [{"params": params[:1]}, {"params": params[1:], "v0": "random", "seed": 7}]
+
+    gi = GIAdam(groups(ours), lr=0.5, v0="grad", seed=0)
+    gi.load_state_dict(saved)
+    assert [g["seed"] for g in gi.param_groups] == [0, 7]
+    built = GIAdam(groups(fresh), lr=0.1, weight_decay=0.01, v0="grad", seed=0)
+    for optimizer, params in ((gi, ours), (built, fresh)):
+        _grads(params[1:], 3)           # only the parameter neither had started
+        optimizer.step()
+    assert not torch.equal(fresh[1], theirs[1])     # it moved
+    assert torch.equal(ours[1], fresh[1])

@@ -326,11 +326,13 @@ class GIAdam(torch.optim.Optimizer):
             # optimizer's (GIAdam(v_bias_correction=False): the next step 1 / sqrt(1 - b2^t) times
             # AdamW's, 15.8x after 3 steps at b2 = 0.999)
             # A parameter it had not started starts by v0, which a torch group lacks: this optimizer's
-            # group's own (the constructor's default for all took a group built with v0=0.0 for "grad")
-            own = [g.get("v0", self.defaults.get("v0", "grad")) for g in self.param_groups]
+            # group's own (the constructor's default for all took a group built with v0=0.0 for "grad"),
+            # and so is v0="random"'s seed (a group built with seed=7 drew by the default seed 0)
+            fallback = {"v0": self.defaults.get("v0", "grad"), "seed": self.defaults.get("seed", 0)}
+            own = [{key: g.get(key, value) for key, value in fallback.items()} for g in self.param_groups]
             state_dict = dict(state_dict, param_groups=[
                 dict(g, v_bias_correction=g.get("v_bias_correction", True),
-                     v0=g.get("v0", own[i] if i < len(own) else self.defaults.get("v0", "grad")))
+                     **{key: g.get(key, (own[i] if i < len(own) else fallback)[key]) for key in fallback})
                 if _is_torch_adam_group(g) else g for i, g in enumerate(groups)])
         super().load_state_dict(state_dict)
 
