@@ -31,5 +31,7 @@ def test_a_plot_folder_that_cannot_be_made_is_refused_before_the_measurement(tmp
     captured = capsys.readouterr()
     assert code == 2 and captured.err.startswith("catapult spectrum: error: "), captured.err
     assert str(unmakeable.parent) in captured.err
+    # the OS's words alone ("[Errno 2] No such file or directory: '/proc/...'") named no option
+    assert "--plot: cannot create the directory " in captured.err and "Errno" not in captured.err
     assert calls == [] and captured.out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

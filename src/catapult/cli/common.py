@@ -298,12 +298,14 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None, *
 
 
 @contextlib.contextmanager
-def output_folders(path):
+def output_folders(path, option: str | None = None):
     """Make the missing folders of an output file the user named (``--plot runs/spectrum.png`` in
     a fresh clone) for the block that writes it, as ``catapult train --out`` and a new sweep store
     make theirs; where the block raises (a store that cannot be read, an interrupt), the folders it
     made are removed again while empty, so a refused command leaves nothing behind. Only folders on
-    that path are made (:func:`check_out_file` refused, before any work, a file in their place).
+    that path are made (:func:`check_out_file` refused, before any work, a file in their place). A
+    folder the file system refuses (under ``/proc``, no permission) is a :class:`ConfigError` naming
+    ``option`` where one is given (it was the OS's words alone: "[Errno 2] No such file or directory").
 
     >>> import tempfile, os
     >>> root = tempfile.mkdtemp()
@@ -319,16 +321,32 @@ def output_folders(path):
     """
     folder = Path(path).absolute().parent
     missing = [p for p in (folder, *folder.parents) if not (p.exists() or p.is_symlink())]   # deepest first
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _remove_empty(missing)
+        if option is None:
+            raise
+        problem = ("a file is there" if isinstance(err, FileExistsError) else
+                   f"{err.strerror or err} (the file system refused it)")
+        raise ConfigError([(option, f"cannot create the directory {folder} for {path}: {problem}; "
+                                    f"choose another location")]) from None
     try:
         yield folder
     except BaseException:
-        for made in missing:
-            try:
-                made.rmdir()
-            except OSError:   # something was written there (or it went): leave it and those above
-                break
+        _remove_empty(missing)
         raise
+
+
+def _remove_empty(folders) -> None:
+    """Remove ``folders`` (deepest first) while they are empty and there."""
+    for made in folders:
+        try:
+            made.rmdir()
+        except FileNotFoundError:   # not made (the mkdir failed above it)
+            continue
+        except OSError:   # something was written there: leave it and those above
+            break
 
 
 def _is_sqlite(path: Path) -> bool:

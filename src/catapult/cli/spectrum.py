@@ -66,7 +66,7 @@ def _command(args) -> int:
         raise ConfigError([("--weights", problem)])
     # the figure's folders are made before the measurement: one that cannot be made (under /proc, no
     # permission) was an exit 2 after the whole measurement, its numbers printed; they go again if it fails
-    with output_folders(args.plot) if args.plot is not None else contextlib.nullcontext():
+    with output_folders(args.plot, "--plot") if args.plot is not None else contextlib.nullcontext():
         return _measure(args, config)
 
 

@@ -422,7 +422,7 @@ def _export_command(args: argparse.Namespace) -> int:
         with Store(args.store, create=False) as store:
             store.spec()
             agg = bool(getattr(args, "aggregate", False))
-            with output_folders(out):
+            with output_folders(out, "--out"):
                 path = (write_parquet(store, out, aggregate=agg) if fmt == "parquet"
                         else write_csv(store, out, aggregate=agg))
     except (StoreError, ImportError) as err:
@@ -480,7 +480,9 @@ def _plot_command(args: argparse.Namespace) -> int:
             traj = figure_path(args.trajectories_out) if args.trajectories_out else Path(f"{stem}_trajectories.png")
             # both figures' folders are made before the heatmap is written: a --trajectories-out folder
             # that cannot be made (under /proc, no permission) left the heatmap behind an exit 2
-            with output_folders(out), (output_folders(traj) if ids else contextlib.nullcontext()):
+            traj_folders = (output_folders(traj, "--trajectories-out" if args.trajectories_out else None) if ids
+                            else contextlib.nullcontext())
+            with output_folders(out, "--out" if args.out else None), traj_folders:
                 plot_phase_diagram(grid, out)
                 print(f"wrote {out}")
                 note = unfinished_note(grid)
