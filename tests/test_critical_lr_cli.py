@@ -1,5 +1,6 @@
 """`catapult critical-lr CONFIG`: end to end on a tiny config, checked against independent truth."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -157,3 +158,17 @@ def test_a_non_finite_first_step_exits_2_naming_the_optimizer(tiny_config, capsy
     err = capsys.readouterr().err
     assert code == 2 and "optimizer: critical_lr: the optimizer's step direction has" in err
     assert "Traceback" not in err
+
+
+def test_a_search_that_never_rose_says_so_as_a_note_not_a_python_warning(tiny_config, capsys):
+    # lr_start = 1e-300 moves no float32 weight in 64 doublings: the loss stays L0 and lr_c is bounded
+    # below by 1e-300 * 2^64 = 1.845e-281. The search's RuntimeWarning reached stderr as Python prints
+    # one, with the line "sys.exit(main())" of the catapult script under it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["critical-lr", str(tiny_config), "schedule.lr_start=1e-300"]) == 0
+    captured = capsys.readouterr()
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    assert f"lr_c >= {1e-300 * 2.0 ** 64:.4g}  bracket [{1e-300 * 2.0 ** 64:.4g}, inf]" in captured.out
+    assert captured.err.startswith("catapult critical-lr: note: the loss has not risen above L0 by lr = "
+                                   f"{1e-300 * 2.0 ** 64:g}, 64 doublings"), captured.err

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 
 from catapult.cli.common import add_config_arguments, config_from_args
+
+_SEARCH_WARNING = "critical_lr: "   # how catapult.critical_lr's warnings begin
 
 
 def register(subparsers) -> None:
@@ -28,7 +32,16 @@ def _command(args) -> int:
     from catapult.engine.records import json_safe
 
     config = config_from_args(args)
-    e = estimate(config, cap=args.cap)
+    # the search's own warnings (no rise in 64 doublings, a zero step) are notes here: as Python
+    # warnings they printed "RuntimeWarning" and the line "sys.exit(main())" of the catapult script
+    with warnings.catch_warnings(record=True) as caught:
+        e = estimate(config, cap=args.cap)
+    for w in caught:
+        message = str(w.message)
+        if issubclass(w.category, RuntimeWarning) and message.startswith(_SEARCH_WARNING):
+            print(f"catapult critical-lr: note: {message[len(_SEARCH_WARNING):]}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if args.json:
         print(json.dumps(json_safe(e)))
     else:
