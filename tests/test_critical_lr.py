@@ -549,3 +549,14 @@ def test_a_one_element_loss_of_shape_1_is_searched_as_its_scalar():
     with pytest.raises(ValueError, match=r"loss_fn must return a scalar tensor, got shape \(1, 2\)"):
         critical_lr(model, lambda out, y: mse(out, y).expand(1, 2), batch,
                     torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_a_loss_that_never_rises_below_an_unreached_lr_max_does_not_say_there_is_none():
+    # the warning said "(no lr_max)" for a search capped at lr_max = 1e30, which 64 doublings of 1/4
+    # (2^62 = 4.6e18) do not reach
+    model = Point([0.0, 0.0])
+    with pytest.warns(RuntimeWarning, match=r"64 doublings of lr_start \(lr_max 1e\+30 not reached\); returning "
+                                            r"lr = lower = 4.61169e\+18"):
+        res = critical_lr(model, lambda out, _: -out.sum(), (BATCH_INPUT, None),
+                          torch.optim.SGD(model.parameters(), lr=0.0), lr_start=0.25, lr_max=1e30)
+    assert (res.lr, res.lower, res.upper) == (2.0 ** 62, 2.0 ** 62, math.inf)

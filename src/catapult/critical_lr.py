@@ -524,7 +524,8 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
             lower = lr
         else:
             warnings.warn(f"critical_lr: the loss has not risen above L0 by lr = {lower:g}, {MAX_DOUBLINGS} "
-                          f"doublings of lr_start (no lr_max); returning lr = lower = {lower:g}, the largest lr "
+                          f"doublings of lr_start ({'no lr_max' if lr_max is None else f'lr_max {lr_max:g} not reached'}"
+                          f"); returning lr = lower = {lower:g}, the largest lr "
                           f"tried (not a critical lr), and upper = inf", RuntimeWarning,
                           stacklevel=caller_stacklevel())
             return CriticalLR(lower, lower, math.inf, passes, loss0)
