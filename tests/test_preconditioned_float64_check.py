@@ -139,3 +139,31 @@ def test_two_gloo_ranks_take_the_float64_check_alike(single_thread):
     err = abs(results[0]["value"] - truth) / abs(truth)
     assert err <= results[0]["bound"], (err, results[0]["bound"])
     assert results[0]["converged"] == (results[0]["bound"] <= 1e-6)
+
+
+def test_rounding_reach_is_its_formula_for_a_preconditioner_away_from_1():
+    """``8 eps32 max P sum_{g_i != 0} y_i^2 / P_i / ||y||^2``, ``P = d^-2`` over ``d != 0``, re-derived in NumPy
+    for a ``d`` whose smallest non-zero entry is 0.3 (before, the docstrings' ``d`` all had 1 there, so
+    dividing by ``d_min`` instead of ``d_min^2`` went unseen)."""
+    gen = torch.Generator().manual_seed(5)
+    d = torch.rand(7, generator=gen) * 4 + 0.3
+    d[2], d[5] = 0.0, 0.3   # a row without a preconditioner, and the smallest one
+    y, g = torch.randn(7, generator=gen), torch.randn(7, generator=gen)
+    g[4] = 0.0
+    dn, yn, gn = d.double().numpy(), y.double().numpy(), g.double().numpy()
+    P = 1.0 / dn[dn != 0] ** 2
+    truth = 8 * np.finfo(np.float32).eps * P.max() * np.sum((dn * yn)[gn != 0] ** 2) / np.sum(yn ** 2)
+    got = catapult.curvature.certify.rounding_reach(d, y, g)
+    assert got == pytest.approx(truth, rel=1e-6)   # (float32 d and y, exact in float64)
+
+
+def test_the_float64_check_keeps_float64s_rounding_floor():
+    """An exact eigenvector (residual 0) of diag(4, 1): the float64 bound is float64's floor
+    ``8 eps64 scale / |theta|`` = 8 eps64, never 0, and tol under it is not reached (before, a bound of 0
+    certified tol=1e-16)."""
+    A = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64))
+    est = catapult.curvature.certify.EigenEstimate(4.0, torch.tensor([1.0, 0.0]), 3, True, 1e-7, 1e-7)
+    out = catapult.curvature.certify.checked_in_float64(est, lambda y: A @ y, tol=1e-16)
+    assert out.residual == 0.0
+    assert out.error_bound == 8 * 2.0 ** -52   # (exact: 8 eps64 * 4 / 4)
+    assert out.converged is False
