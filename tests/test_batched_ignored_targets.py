@@ -46,3 +46,14 @@ def test_evaluate_weights_each_chunk_by_its_counted_targets(chunk):
         true_loss, true_acc = _truth(m, x, y)
         assert loss == pytest.approx(true_loss, rel=1e-5)   # float32 losses summed in float64
         assert acc == pytest.approx(true_acc, rel=1e-12)
+
+
+def test_an_empty_batch_counts_no_label():
+    """No label, no count: ``([0] * M, 0)``, so a mean over batches ``sum(hits) / sum(counted)`` is not
+    diluted by an empty one (before, an empty batch claimed 1 counted label and passed)."""
+    from catapult.sweep.batched_model import accuracy_counts
+
+    hits, counted = accuracy_counts(torch.zeros(3, 0, 5), torch.zeros(0, dtype=torch.int64))
+    assert (hits, counted) == ([0, 0, 0], 0)
+    hits, counted = accuracy_counts(torch.zeros(2, 0, 5), torch.zeros(0, 5))   # float targets
+    assert (hits, counted) == ([0, 0], 0)
