@@ -167,3 +167,30 @@ def test_the_float64_check_keeps_float64s_rounding_floor():
     assert out.residual == 0.0
     assert out.error_bound == 8 * 2.0 ** -52   # (exact: 8 eps64 * 4 / 4)
     assert out.converged is False
+
+
+class _CastsToFloat32(torch.nn.Module):
+    """``inner(x.float())``: a forward that makes float32 tensors itself, so no float64 operator can be built."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.float())
+
+
+@pytest.mark.parametrize("seed", [2, 11])
+def test_without_the_float64_check_the_rounding_reach_decides_converged(seed, single_thread):
+    """Where the float64 check cannot run (the forward casts to float32), the bound is at least the
+    rounding's reach (8.8e-4 and 1.4e-4 here, for true errors 2.8e-4 and 8.5e-6) and ``converged`` says
+    whether that is within tol=1e-5 (before, the float32 solve's own converged=True was kept with a bound of
+    8.8e-4 and passed: no test reached this path)."""
+    model, opt, batch = bn_case(seed)
+    truth, _ = first_step_truth(model, torch.nn.functional.mse_loss, batch, b1=0.9, eps=1e-8)
+    est = catapult.preconditioned_sharpness(_CastsToFloat32(model), torch.nn.functional.mse_loss, batch, opt,
+                                            tol=1e-5, max_iter=200)
+    err = abs(est.value - truth) / abs(truth)
+    assert err <= est.error_bound, (err, est.error_bound)
+    assert est.error_bound > 1e-5
+    assert est.converged is False
