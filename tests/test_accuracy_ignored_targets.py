@@ -181,3 +181,17 @@ def test_across_processes_the_accuracy_is_a_mean_over_every_ranks_counted_target
         assert got["evaluate"] == pytest.approx(token_truth, rel=1e-12, abs=0)
         assert got["mean"][0] == pytest.approx((0.5 + 1.5) / 2, rel=1e-15, abs=0)
         assert got["mean"][1] == pytest.approx((0.5 * 2 + 0.25 * 6) / 8, rel=1e-15, abs=0)
+
+
+def test_only_minus_100_is_ignored_another_negative_label_is_a_counted_miss():
+    """IGNORE_INDEX (-100) alone is dropped; a label -5 is counted, a miss (no arg-max is negative), alike on
+    the plain arg-max path, the general path (3-D outputs) and the one-sync path (before, the plain path
+    could drop every negative label and pass: no test had one other than -100)."""
+    out = torch.tensor([[1., 3.], [2., 0.], [0., 5.], [4., 1.]])
+    y = torch.tensor([-5, 1, -100, 0])
+    keep = y.numpy() != -100
+    truth = (int((out.numpy().argmax(axis=1) == y.numpy())[keep].sum()), int(keep.sum()))
+    assert truth == (1, 3)
+    assert losses.accuracy_counts(out, y) == truth
+    assert losses.accuracy_counts(out[None], y[None]) == truth
+    assert losses.loss_and_counts(torch.tensor(0.5), out, y, one_sync=True)[1:] == truth
