@@ -127,17 +127,24 @@ def test_a_parameter_the_torch_state_had_not_started_starts_by_this_optimizers_v
     _continue_alike((gi, ours), (torch_opt, theirs))
 
 
-def test_a_parameter_the_torch_state_had_not_started_starts_by_its_own_groups_v0():
-    # the load took the constructor's default v0 for every torch group: a group built with v0=0.0 (Adam's
-    # start) under GIAdam(v0="grad") started its unstepped parameter by g^2. Truth: torch AdamW continuing
+def _two_groups_the_second_unstarted():
+    """Two AdamW groups stepped twice, the second group's parameter never given a gradient (no state),
+    and the state_dict read back from a file: (parameters, the optimizer, the saved state)."""
     theirs = _params()
     torch_opt = torch.optim.AdamW([{"params": theirs[:1]}, {"params": theirs[1:]}], lr=0.1, weight_decay=0.01)
     for t in range(2):
-        _grads(theirs[:1], t)           # the second group's parameter gets no gradient: no state
+        _grads(theirs[:1], t)
         torch_opt.step()
     saved = _through_a_file(torch_opt.state_dict())
     for group in saved["param_groups"]:
         group.setdefault("decoupled_weight_decay", True)    # (torch 2.2 writes no flag)
+    return theirs, torch_opt, saved
+
+
+def test_a_parameter_the_torch_state_had_not_started_starts_by_its_own_groups_v0():
+    # the load took the constructor's default v0 for every torch group: a group built with v0=0.0 (Adam's
+    # start) under GIAdam(v0="grad") started its unstepped parameter by g^2. Truth: torch AdamW continuing
+    theirs, torch_opt, saved = _two_groups_the_second_unstarted()
     ours = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
     gi = GIAdam([{"params": ours[:1]}, {"params": ours[1:], "v0": 0.0}], lr=0.5, v0="grad")
     gi.load_state_dict(saved)
@@ -149,14 +156,7 @@ def test_a_parameter_the_torch_state_had_not_started_draws_v0_random_by_its_own_
     # S: the load gave a torch group its own group's v0 but the constructor's seed: a group built with
     # v0="random", seed=7 drew its unstepped parameter's v0 from seed 0 + 1. Truth: a GIAdam built with
     # that group, whose first step of that parameter is the same arithmetic (bit-equal)
-    theirs = _params()
-    torch_opt = torch.optim.AdamW([{"params": theirs[:1]}, {"params": theirs[1:]}], lr=0.1, weight_decay=0.01)
-    for t in range(2):
-        _grads(theirs[:1], t)           # the second group's parameter gets no gradient: no state
-        torch_opt.step()
-    saved = _through_a_file(torch_opt.state_dict())
-    for group in saved["param_groups"]:
-        group.setdefault("decoupled_weight_decay", True)    # (torch 2.2 writes no flag)
+    theirs, torch_opt, saved = _two_groups_the_second_unstarted()
     ours = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
     fresh = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
 
