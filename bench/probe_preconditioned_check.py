@@ -3,6 +3,7 @@ whether its bound covers the error, and what it costs on a shipped config.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/probe_preconditioned_check.py bn [--seeds 12]
     OMP_NUM_THREADS=1 .venv/bin/python bench/probe_preconditioned_check.py fig2 [--repeats 2]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/probe_preconditioned_check.py fig2-ensemble [--repeats 2] [--steps 300]
 
 ``bn``: a Linear(3, 4) -> BatchNorm1d -> Tanh -> Linear(4, 1) net at Adam's first step (the bias before the
 train-mode BatchNorm has zero gradient, so ``P`` ~ ``(1 - b1) eps`` there), 8 samples, MSE: per seed and
@@ -10,7 +11,11 @@ tol, the float32 value's relative error against the float64 dense value, the bou
 without the check (the rounding's reach taken as 0, the code before) and with it, the reach, and
 whether the check ran. ``fig2``: ``configs/adam/fig2_mechanisms.yaml`` at 60 steps (warmup 16), adam
 and gi-adam, with the check left out and in, interleaved: measurements, checks, the checks' own time
-and the run's wall time (1 thread).
+and the run's wall time (1 thread). ``fig2-ensemble``: the whole ``fig2_mechanisms`` sweep (8 cells,
+``--steps`` each) through ``catapult sweep --executor ensemble --threads 1`` (the batched engines:
+adam on the hand kernels, gi-adam on torch.func), with the batched engines' check left out (their
+solves kept as they came, the code before) and in, interleaved: measurements, checks, the checks'
+own time (reach and float64 check) and the sweep's wall time.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import torch
 import catapult
 
 S = importlib.import_module("catapult.curvature.sharpness")
-REACH, CHECK = S.rounding_reach, S.checked_in_float64
+REACH, CERTIFIED = S.rounding_reach, S.float32_certified
 
 
 def hooks(on: bool, log: list):
@@ -35,13 +40,14 @@ def hooks(on: bool, log: list):
         log.append({"reach": r, "checked": False, "time": 0.0})
         return r
 
-    def check(est, product, tol, reduce=None):
+    def certified(ests, reaches, tols, product=None, **kw):
         start = time.perf_counter()
-        out = CHECK(est, product, tol, reduce)
-        log[-1].update(checked=True, time=time.perf_counter() - start)
+        out = CERTIFIED(ests, reaches, tols, product, **kw)
+        if product is not None:   # the float64 check ran
+            log[-1].update(checked=True, time=time.perf_counter() - start)
         return out
 
-    S.rounding_reach, S.checked_in_float64 = reach, check
+    S.rounding_reach, S.float32_certified = reach, certified
 
 
 def bn_case(seed):
@@ -115,13 +121,48 @@ def run_fig2(repeats: int) -> None:
                       f"{sum(r['time'] for r in log):.2f} | {wall:.1f} |", flush=True)
 
 
+def run_fig2_ensemble(repeats: int, steps: int) -> None:
+    from catapult.cli import main
+
+    loop = importlib.import_module("catapult.sweep.batched_loop")
+    certified = loop.float32_certified
+    print("| check | measurements | checked | checks' time s | sweep wall s |")
+    print("|---|---|---|---|---|")
+    for _ in range(repeats):
+        for on in (False, True):
+            log = []
+
+            def hook(ests, reaches, tols, product=None, **kw):
+                start = time.perf_counter()
+                out = certified(ests, reaches, tols, product, **kw) if on else ests
+                log.append((len(ests), sum(r > t for r, t in zip(reaches, tols)), time.perf_counter() - start))
+                return out
+
+            loop.float32_certified = hook
+            with tempfile.TemporaryDirectory() as out:
+                start = time.perf_counter()
+                main(["sweep", "configs/adam/fig2_mechanisms.yaml", f"train.steps={steps}", "--store", f"{out}/s.db",
+                      "--executor", "ensemble", "--threads", "1", "--progress", "none"])
+                wall = time.perf_counter() - start
+            loop.float32_certified = certified
+            print(f"| {'in' if on else 'out'} | {sum(n for n, _, _ in log)} | "
+                  f"{sum(c for _, c, _ in log) if on else 0} | {sum(t for _, _, t in log):.2f} | {wall:.1f} |",
+                  flush=True)
+
+
 def main_() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["bn", "fig2"])
+    parser.add_argument("part", choices=["bn", "fig2", "fig2-ensemble"])
     parser.add_argument("--seeds", type=int, default=12, help="BatchNorm seeds (bn)")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (fig2)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (fig2, fig2-ensemble)")
+    parser.add_argument("--steps", type=int, default=300, help="train.steps of each cell (fig2-ensemble)")
     args = parser.parse_args()
-    run_bn(args.seeds) if args.part == "bn" else run_fig2(args.repeats)
+    if args.part == "bn":
+        run_bn(args.seeds)
+    elif args.part == "fig2":
+        run_fig2(args.repeats)
+    else:
+        run_fig2_ensemble(args.repeats, args.steps)
 
 
 if __name__ == "__main__":

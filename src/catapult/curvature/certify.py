@@ -95,7 +95,7 @@ from catapult.curvature.top_k import Eigenpairs
 
 __all__ = ["RESTARTS", "CHECK_STEP_FACTOR", "MIDDLE_STEP_FACTOR", "EXTRAPOLATION_MARGIN", "ROUNDING_FLOOR",
            "certified", "certified_pairs", "measured", "solver_floor", "rounding_reach",
-           "checked_in_float64"]
+           "checked_in_float64", "with_reach", "float32_certified"]
 
 #: Solves taken again from the last vector when its bound ``r + e``, taken, is above ``tol``.
 RESTARTS = 2
@@ -376,12 +376,80 @@ def checked_in_float64(est: EigenEstimate, product: Callable[[torch.Tensor], tor
     >>> checked_in_float64(est, lambda y: A @ y, tol=1e-4).converged
     False
     """
-    y = est.vector.to(torch.float64)
-    y = y / vector_norm(y, reduce)
+    y = _unit_float64(est.vector, reduce)
+    return _float64_bound(est, y, product(y), tol, reduce)
+
+
+def _unit_float64(vector: torch.Tensor, reduce=None) -> torch.Tensor:
+    y = vector.to(torch.float64)
+    return y / vector_norm(y, reduce)
+
+
+def _float64_bound(est: EigenEstimate, y: torch.Tensor, product: torch.Tensor, tol: float,
+                   reduce=None) -> EigenEstimate:
+    """:func:`checked_in_float64`'s answer from the float64 operator's ``product`` along ``y``."""
     theta = est.value
-    residual = _relative(scaled_norm(product(y).sub_(y, alpha=theta), reduce), theta)
+    residual = _relative(scaled_norm(product.sub_(y, alpha=theta), reduce), theta)
     bound = max(residual, error_floor(theta, abs(theta), float(torch.finfo(torch.float64).eps)))
     if math.isnan(residual):
         bound = math.nan
     return EigenEstimate(theta, est.vector, est.matvecs, bool(bound <= tol), residual, bound,
                          est.coarse_matvecs, est.coarse_cost)
+
+
+def with_reach(est: EigenEstimate, reach: float, tol: float) -> EigenEstimate:
+    """``est`` with ``error_bound`` at least ``reach`` (:func:`rounding_reach`) and ``converged`` only where
+    that is within ``tol`` (in place).
+
+    >>> est = EigenEstimate(4.0, torch.tensor([1.0, 0.0]), 3, True, 1e-7, 1e-7)
+    >>> out = with_reach(est, 2e-4, tol=1e-3)
+    >>> out.error_bound, out.converged, with_reach(est, 2e-3, tol=1e-3).converged
+    (0.0002, True, False)
+    """
+    bound = max(est.error_bound, reach)   # (nan stays nan)
+    est.converged, est.error_bound = bool(est.converged and bound <= tol), bound
+    return est
+
+
+#: What :func:`float32_certified` catches of a float64 check that cannot run: a forward that makes float32
+#: tensors itself (``x.float()``, a state it carries), in :func:`~catapult.curvature.modes.named_dtype_mix`'s words.
+_TWO_DTYPES = "forward meets tensors of two dtypes"
+
+
+def float32_certified(ests, reaches, tols, product=None, *, checks=None, reduce=None) -> list[EigenEstimate]:
+    """The end of float32 pre-conditioned solves (the module docstring's last paragraph), one or several side
+    by side (the batched sweep engines' members): each solve whose ``reaches[i]`` (:func:`rounding_reach`)
+    is within ``tols[i]`` keeps its certificate with the reach folded into ``error_bound``
+    (:func:`with_reach`); the others are taken again in float64 (:func:`checked_in_float64`'s bound) by one
+    call ``product(positions, Y)``, which applies the float64 operators of solves ``positions`` (indices
+    into ``ests``) to the rows of ``Y`` (their unit vectors in float64) and returns those products. Where
+    the float64 check cannot run (``product`` None: a device without float64; a forward that makes its
+    own float32 tensors), the reach is folded in instead. ``checks`` (one bool per solve) decides which
+    are checked where the caller must (ranks that agree); ``reach > tol`` otherwise. A solve whose value
+    is not finite is returned as it came. The ``ests`` may be changed in place.
+
+    >>> A = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64))
+    >>> ests = [EigenEstimate(4.001, torch.tensor([1.0, 0.0]), 3, True, 1e-7, 1e-7),
+    ...         EigenEstimate(4.001, torch.tensor([1.0, 0.0]), 3, True, 1e-7, 1e-7)]
+    >>> out = float32_certified(ests, [1e-5, 5e-3], [1e-3, 1e-3], lambda positions, Y: Y @ A)
+    >>> [(round(e.error_bound, 8), e.converged) for e in out]   # the first within tol; the second checked
+    [(1e-05, True), (0.00024994, True)]
+    """
+    ests = list(ests)
+    checks = [r > t for r, t in zip(reaches, tols)] if checks is None else list(checks)
+    finite = [math.isfinite(e.value) for e in ests]
+    todo = [i for i in range(len(ests)) if finite[i] and checks[i]] if product is not None else []
+    if todo:
+        ys = [_unit_float64(ests[i].vector, reduce) for i in todo]
+        try:
+            products = product(todo, torch.stack(ys))
+        except ValueError as err:
+            if _TWO_DTYPES not in str(err):
+                raise
+            todo = []
+        for k, i in enumerate(todo):
+            ests[i] = _float64_bound(ests[i], ys[k], products[k], tols[i], reduce)
+    for i in range(len(ests)):
+        if finite[i] and i not in todo:
+            ests[i] = with_reach(ests[i], reaches[i], tols[i])
+    return ests

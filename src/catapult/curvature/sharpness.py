@@ -18,7 +18,7 @@ import torch
 
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature import coarse_ranks, lean, sharded
-from catapult.curvature.certify import certified, checked_in_float64, rounding_reach
+from catapult.curvature.certify import certified, float32_certified, rounding_reach
 from catapult.curvature.coarse import coarse_levels, coarse_start_vector, kink_guess, kink_seen
 from catapult.curvature.forward_ad import refuse_sparse_products
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
@@ -488,26 +488,14 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     # (the same decision on every rank: d is the union's; rank 0's)
     checked = dist_ops.rank0_flag(reach > tol, op.device) if distributed else reach > tol
     if not checked or op.device.type == "mps":   # (MPS holds no float64)
-        return _with_reach(est, reach, tol)
+        return float32_certified([est], [reach], [tol], checks=[False])[0]
     del matvec, op, solve   # (the float32 graph, before the float64 one)
 
-    def float64_product(y):
+    def float64_product(positions, Y):
         op64 = build_operator(model, loss_fn, batch, curvature=curvature, dtype=torch.float64, hvp=hvp,
                               seed=seed, chunk_size=chunk_size, distributed=distributed,
                               retain_graph=not basis_free, sharded_vectors="local")
-        return PreconditionedOperator(op64, *adam_preconditioner(inner, optimizer, op64, scale_by_group_lr))(y)
+        return PreconditionedOperator(op64, *adam_preconditioner(inner, optimizer, op64, scale_by_group_lr))(Y[0])[None]
 
-    try:
-        return checked_in_float64(est, float64_product, tol, reduce)
-    except ValueError as err:   # a forward that makes float32 tensors itself (x.float(), a state it carries)
-        if "forward meets tensors of two dtypes" not in str(err):
-            raise
-        return _with_reach(est, reach, tol)
-
-
-def _with_reach(est: EigenEstimate, reach: float, tol: float) -> EigenEstimate:
-    """``est`` with ``error_bound`` at least ``reach`` (:func:`~catapult.curvature.certify.rounding_reach`)
-    and ``converged`` only where that is within ``tol``."""
-    bound = max(est.error_bound, reach)   # (nan stays nan)
-    est.converged, est.error_bound = bool(est.converged and bound <= tol), bound
-    return est
+    # (a forward that makes float32 tensors itself: the reach stands in)
+    return float32_certified([est], [reach], [tol], float64_product, checks=[True], reduce=reduce)[0]

@@ -24,7 +24,11 @@ differently; nothing else differs):
   :mod:`catapult.engine.sharpness_rule`'s, per member and row: Adam-family members with
   ``sharpness_kind: auto`` (or ``preconditioned``), and RAdam once rectified, measure
   ``P^-1/2 (H + wd_L2) P^-1/2`` with the pre-conditioner of their next update; SGD members
-  whose groups' lrs differ (``auto``, or ``lr_scaled``) ``M^1/2 H M^1/2``;
+  whose groups' lrs differ (``auto``, or ``lr_scaled``) ``M^1/2 H M^1/2``; a float32
+  pre-conditioned solve ends as the local one does (the rounding's reach along its vector, and
+  beyond ``tol`` its residual in float64, per member:
+  :func:`~catapult.sweep.batched_loop.certified_members`), so ``sharpness_converged`` is the mark
+  the local engine's rule gives the member's own vector;
 * the optimizer's hyper-parameters are read from each member's own torch optimizer
   (:func:`catapult.engine.build_optimizer`, per-group ``lr_mult``) and its rule
   (:mod:`catapult.optim.rules`: sgd with momentum/nesterov/weight decay, adam, adamw, radam,
@@ -68,7 +72,7 @@ from catapult.curvature import batched_lanczos
 from catapult.curvature.start import mixed_starts
 from catapult.engine.sharpness_rule import SOLVE_SEED
 from catapult.engine.step import rows_finite
-from catapult.sweep.batched_loop import open_group, train_group
+from catapult.sweep.batched_loop import certified_members, open_group, train_group
 from catapult.sweep.batched_model import StackedModel
 from catapult.sweep.batched_optim import SUPPORTED as OPTIMIZERS
 from catapult.sweep.batched_optim import StackedOptimizer
@@ -137,25 +141,30 @@ class FuncStack:
         gradients of the Hessian's own pass (its dtype), lr_scaled's ``M^1/2`` from the
         optimizer's ``lr_mult`` (:meth:`~catapult.sweep.batched_optim.StackedOptimizer.lr_scale`)."""
         op = self.model.hessian(rows, x, y, self.sharpness_dtype, hvp=self.hvp, chunk_size=self.chunk_size)
-        if kind in ("preconditioned", "lr_scaled"):
-            if kind == "lr_scaled":
-                d, l2 = self.opt.lr_scale(rows, self.model.params, op.dtype)
-            else:
-                d, l2 = self.opt.preconditioner(rows, self.model.params, self.model.split(op.gradient))
-
-            def matvec(active, U):
-                sel = torch.as_tensor(list(active), dtype=torch.long, device=U.device)
-                ds = d.index_select(0, sel)
-                out = op.matvec(active, ds * U) * ds
-                if l2 is not None:
-                    out = out + l2.index_select(0, sel) * U
-                return out
-        else:
-            matvec = op.matvec
         tol = [self.members[r].tol for r in rows]
         starts = mixed_starts(inits.to(op.dtype), SOLVE_SEED, tol)  # each warm start as local's
-        return batched_lanczos(matvec, starts, tol=tol,
-                               max_iter=[self.members[r].max_iter for r in rows], max_basis=self.max_basis)
+        max_iter = [self.members[r].max_iter for r in rows]
+        if kind not in ("preconditioned", "lr_scaled"):
+            return batched_lanczos(op.matvec, starts, tol=tol, max_iter=max_iter, max_basis=self.max_basis)
+        if kind == "lr_scaled":
+            d, l2 = self.opt.lr_scale(rows, self.model.params, op.dtype)
+        else:
+            d, l2 = self.opt.preconditioner(rows, self.model.params, self.model.split(op.gradient))
+        ests = batched_lanczos(_preconditioned(op, d, l2), starts, tol=tol, max_iter=max_iter,
+                               max_basis=self.max_basis)
+        if kind == "lr_scaled":
+            return ests
+        gradient = op.gradient
+        del op   # (the float32 graph, before a float64 one)
+
+        def float64_product(positions: list[int], Y: torch.Tensor) -> torch.Tensor:
+            sub = [rows[i] for i in positions]
+            op64 = self.model.hessian(sub, x, y, torch.float64, hvp=self.hvp, chunk_size=self.chunk_size)
+            d64, l2_64 = self.opt.preconditioner(sub, self.model.params, self.model.split(op64.gradient))
+            return _preconditioned(op64, d64, l2_64)(range(len(sub)), Y)
+
+        # the local engine's end of a float32 solve: the rounding's reach, and a float64 check beyond tol
+        return certified_members(ests, d, gradient, tol, float64_product)
 
     def evaluate(self, rows, x, y):
         return self.model.evaluate(rows, x, y)
@@ -174,6 +183,18 @@ class FuncStack:
 
     def finite_rows(self) -> list[bool]:
         return rows_finite(list(self.model.params.values()))
+
+
+def _preconditioned(op, d: torch.Tensor, l2: torch.Tensor | None):
+    """``(active, U) -> d * H(d * U) + l2 * U`` of ``op``'s members ``active`` (rows of ``d`` and ``l2``)."""
+    def matvec(active, U):
+        sel = torch.as_tensor(list(active), dtype=torch.long, device=U.device)
+        ds = d.index_select(0, sel)
+        out = op.matvec(active, ds * U) * ds
+        if l2 is not None:
+            out = out + l2.index_select(0, sel) * U
+        return out
+    return matvec
 
 
 def run_group(cells: Sequence[Cell], *, data: Any = None, pad_lone: bool = True) -> Iterator[tuple[int, CellResult]]:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import torch
 
 from catapult import config as cfg
+from catapult.curvature.certify import float32_certified, rounding_reach
 from catapult.engine.records import SHARPNESS_CONVERGED_COLUMN, vocabulary_record
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, step_kind
 from catapult.engine.step import NON_FINITE_TEST_LOSS, diverged, failure_of, new_row, output_collapsed
@@ -32,7 +33,7 @@ from catapult.sweep.batched_optim import StackedOptimizer
 from catapult.sweep.executors import Cell, CellResult, worker_name
 from catapult.sweep.member import Member
 
-__all__ = ["Stack", "Group", "open_group", "sharpness_kind", "train_group", "threshold_copy"]
+__all__ = ["Stack", "Group", "open_group", "sharpness_kind", "train_group", "threshold_copy", "certified_members"]
 
 
 class Stack(Protocol):
@@ -128,6 +129,35 @@ def open_group(cells: Sequence[Cell], data: Any = None) -> Group:
         models.append(model)
     return Group(cells, configs, device, dtype, data, batches, get_loss(c0["loss"]), sharpness_kind(c0, models[0]),
                  members, models, worker_name(), started)
+
+
+def certified_members(ests: list, d: torch.Tensor, gradient: torch.Tensor, tols: Sequence[float],
+                      product: Callable[[list[int], torch.Tensor], torch.Tensor]) -> list:
+    """The members' pre-conditioned solves ``ests`` (rows of ``d = P^-1/2`` and of the flat ``gradient``
+    ``P`` came from, ``[len(ests), P]``) ended as :func:`catapult.preconditioned_sharpness` ends a float32
+    one (:func:`catapult.curvature.certify.float32_certified`: the rounding's reach along each vector, and
+    where it exceeds the member's tol, the member's float64 residual): ``product(positions, Y)`` applies
+    the float64 operators of members ``positions`` (indices into ``ests``) to the rows of ``Y``. It is
+    asked for at most half of the members at a time (at least one), so that the float64 graph stays
+    within the float32 solve's. Solves in another dtype are returned as they are.
+
+    >>> from catapult.curvature import EigenEstimate
+    >>> A = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64))
+    >>> ests = [EigenEstimate(4.001, torch.tensor([1.0, 0.05]), 3, True, 1e-7, 1e-7)]
+    >>> d = torch.tensor([[1.0, 1e3]])   # P = (1, 1e-6): a reach of 2.4e-3 > tol, so the float64 residual
+    >>> out = certified_members(ests, d, torch.ones(1, 2), [1e-3], lambda positions, Y: Y @ A)
+    >>> round(out[0].error_bound, 4), out[0].converged
+    (0.0375, False)
+    """
+    if d.dtype != torch.float32:
+        return ests
+    reaches = [rounding_reach(d[i], est.vector, gradient[i]) for i, est in enumerate(ests)]
+    part = max(1, len(ests) // 2)
+
+    def in_parts(positions: list[int], Y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([product(positions[s:s + part], Y[s:s + part]) for s in range(0, len(positions), part)])
+
+    return float32_certified(ests, reaches, tols, None if d.device.type == "mps" else in_parts)
 
 
 def threshold_copy(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

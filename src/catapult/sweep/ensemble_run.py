@@ -17,7 +17,7 @@ from catapult.curvature import EigenEstimate, batched_lanczos
 from catapult.curvature.start import mixed_starts
 from catapult.engine.sharpness_rule import SOLVE_SEED
 from catapult.engine.step import rows_finite
-from catapult.sweep.batched_loop import open_group, train_group
+from catapult.sweep.batched_loop import certified_members, open_group, train_group
 from catapult.sweep.batched_optim import StackedOptimizer
 from catapult.sweep.ensemble_kernels import MLPStack, even_ranges
 from catapult.sweep.executors import Cell, CellResult
@@ -113,8 +113,16 @@ class KernelStack(MLPStack):
             if grads is None:
                 grads = self.loss_grads(x, y, True)[2]
             idx = torch.as_tensor(rows, dtype=torch.long, device=self.params[0].device)
-            precond = self.opt.preconditioner(rows, dict(zip(self.names, self.params)),
-                                              [g.index_select(0, idx) for g in grads])
+            grads = [g.index_select(0, idx) for g in grads]
+            precond = self.opt.preconditioner(rows, dict(zip(self.names, self.params)), grads)
+            ests = self._solve(rows, x, y, inits, precond)
+            # the local engine's end of a float32 solve: the rounding's reach, and a float64 check beyond tol
+            return certified_members(ests, precond[0], self.flat(grads), [self.members[r].tol for r in rows],
+                                     lambda positions, Y: self._float64_product([rows[i] for i in positions], x, y, Y))
+        return self._solve(rows, x, y, inits, precond)
+
+    def _solve(self, rows: list[int], x, y, inits: torch.Tensor, precond) -> list[EigenEstimate]:
+        """:meth:`sharpness`'s batched Lanczos, of ``H`` or with ``precond = (d, l2)`` of ``d H d + l2``."""
         tol = [self.members[r].tol for r in rows]
         max_iter = [self.members[r].max_iter for r in rows]
         inits = mixed_starts(inits, SOLVE_SEED, tol)  # each warm start as the local engine's
@@ -174,6 +182,22 @@ class KernelStack(MLPStack):
             return operator(sel, V, hvp)
 
         return batched_lanczos(matvec, inits, tol=tol, max_iter=max_iter, max_basis=self.max_basis)
+
+    def _float64_product(self, rows: list[int], x, y, Y: torch.Tensor) -> torch.Tensor:
+        """``d H(d Y) + l2 Y`` of members ``rows`` in float64: their parameters, the batch, the gradient
+        (so ``P``) and the product (autograd's double backprop)."""
+        sel = torch.as_tensor(rows, dtype=torch.long, device=self.params[0].device)
+        leaves = [p.detach()[sel].to(torch.float64).requires_grad_(True) for p in self.params]
+        masks = [m[sel] if m is not None else None for m in self.masks]
+        x, y = (t.to(torch.float64) if t.is_floating_point() else t for t in (x, y))
+        with torch.enable_grad():
+            grads = torch.autograd.grad(self.losses(self.forward(leaves, masks, x), y).sum(), leaves, create_graph=True)
+        d, l2 = self.opt.preconditioner(rows, dict(zip(self.names, self.params)), [g.detach() for g in grads])
+        with torch.enable_grad():
+            hv = torch.autograd.grad(grads, leaves, grad_outputs=self.split(d * Y), allow_unused=True,
+                                     materialize_grads=True)
+        out = self.flat(hv) * d
+        return out if l2 is None else out + l2 * Y
 
     @torch.no_grad()
     def evaluate(self, rows: list[int], x: torch.Tensor, y: torch.Tensor, chunk: int = 8192):
