@@ -109,3 +109,49 @@ def test_a_cifar_batch_replaced_before_the_resume_is_refused_by_the_cli(tmp_path
     err = capsys.readouterr().err
     assert f"data.root={tmp_path}: data_batch_3 has other bytes since the sweep started" in err
     assert "data_batch_1" not in err
+
+
+def test_the_digests_are_of_each_distinct_data_once_and_none_for_embedded_data(tmp_path):
+    # data_digests: one entry per distinct (data.name, data.root) whose files are yours, the SHA-256
+    # of each file's bytes; the embedded digits have none (no entry, so a store of digits cells keeps none)
+    import hashlib
+    from types import SimpleNamespace
+
+    from catapult.sweep.driver import data_digests
+
+    folder = _text_folder(tmp_path)
+    (folder / "b.txt").write_text("a dog ran far away. " * 40)
+    text = SimpleNamespace(config={"data": {"name": "text", "root": str(folder)}})
+    digits = SimpleNamespace(config={"data": {"name": "digits", "root": None}})
+    truth = {name: "sha256:" + hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("a.txt", "b.txt")}
+    assert data_digests([text, digits, text, text]) == [{"name": "text", "root": str(folder), "files": truth}]
+    assert data_digests([digits, digits]) == []
+
+
+def test_a_dry_run_on_a_store_without_the_digests_writes_none(tmp_path, capsys):
+    # a store from before the digests were kept (no meta data_json) records them at its next resume,
+    # not at a dry run, which reads the store without writing it
+    import sqlite3
+
+    from catapult.cli import main
+    from catapult.sweep.driver import DATA_META
+
+    folder = _text_folder(tmp_path)
+    store = tmp_path / "s.db"
+    _interrupted(_text_config(folder), store)
+    with sqlite3.connect(store) as conn:
+        conn.execute("DELETE FROM meta WHERE key = ?", (DATA_META,))
+    conn.close()
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"name: t\ndata: {{name: text, root: {folder}, context: 8}}\n"
+                      f"model: {{name: gpt, width: 8, depth: 1, n_heads: 1}}\nloss: cross_entropy\n"
+                      f"train: {{steps: 3, batch_size: 4}}\neval: {{sharpness_every: 0, test_every: 0}}\n"
+                      f"sweep: {{grid: {{optimizer.lr: [1/lambda0, 2/lambda0, 4/lambda0]}}}}\n")
+    assert main(["sweep", str(config), "--store", str(store), "--dry-run"]) == 0
+    assert "would resume the sweep" in capsys.readouterr().out
+    with Store(store, create=False) as s:
+        assert s.meta(DATA_META) is None
+    run_sweep(_text_config(folder), parse_sweep(GRID), store, run_fn=FakeRun(), lambda0_fn=lambda c: 100.0,
+              progress="none")
+    with Store(store, create=False) as s:
+        assert s.meta(DATA_META) is not None
