@@ -181,3 +181,15 @@ def test_another_val_fraction_on_the_same_cache_splits_the_text_anew(tmp_path):
         n_val = int(len(body) * fraction)  # the last val_fraction of the characters (load_text's rule)
         assert corpus.vocab.decode(corpus.val) == body[-n_val:]
         assert corpus.vocab.decode(corpus.train) == body[:-n_val]
+
+
+def test_bpe_decode_refuses_ids_that_are_not_integers():
+    """decode(np.array([104.7])) cut 104.7 to id 104, decode(["104"]) parsed the text and decode([True]) read id 1,
+    silently (CharVocab.decode refuses them)."""
+    vocab = train_bpe([TRAIN], vocab_size=300)
+    ids = vocab.encode("the cat")
+    assert vocab.decode(ids) == "the cat" and vocab.decode(ids.numpy().astype(np.uint16)) == "the cat"
+    assert vocab.decode([]) == ""
+    for bad in (ids.double() + 0.7, ids.numpy().astype(str).tolist(), [True, False]):
+        with pytest.raises(TypeError, match="BPEVocab.decode: ids must be integers"):
+            vocab.decode(bad)

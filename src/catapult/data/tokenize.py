@@ -130,8 +130,12 @@ class BPEVocab:
         return torch.from_numpy(self.encode_array(text).astype(np.int64))
 
     def decode(self, ids) -> str:
-        """The text of a sequence of ids (tensor, array or list); out-of-range ids raise ValueError."""
-        ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(-1)
+        """The text of a sequence of ids (tensor, array or list); out-of-range ids raise ValueError,
+        ids that are not integers (floats, bools, strings) TypeError."""
+        raw = np.asarray(ids.detach().cpu() if isinstance(ids, torch.Tensor) else ids)
+        if raw.size and raw.dtype.kind not in "iu":  # 1.7 was cut to id 1, "1" parsed, True read as 1, silently
+            raise TypeError(f"BPEVocab.decode: ids must be integers (a tensor, array or list of ids); got {raw.dtype}")
+        ids = raw.astype(np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= self.size):
             raise ValueError(f"BPEVocab.decode: ids must lie in [0, {self.size - 1}], got [{ids.min()}, {ids.max()}]")
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
