@@ -193,3 +193,12 @@ def test_bpe_decode_refuses_ids_that_are_not_integers():
     for bad in (ids.double() + 0.7, ids.numpy().astype(str).tolist(), [True, False]):
         with pytest.raises(TypeError, match="BPEVocab.decode: ids must be integers"):
             vocab.decode(bad)
+
+
+def test_train_bpe_refuses_one_str_for_its_texts():
+    """train_bpe("text", 300) trained on the text's characters one by one (a str iterates as them): no merge,
+    a tokenizer of the 256 byte ids for a vocabulary of 300, silently."""
+    assert train_bpe([TRAIN], vocab_size=300).size > 256      # the same text in a list: merges learned
+    for texts in (TRAIN, TRAIN.encode()):
+        with pytest.raises(TypeError, match=r"train_bpe texts must be an iterable of texts .*pass \[text\]"):
+            train_bpe(texts, vocab_size=300)

@@ -181,6 +181,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> BPEVocab:
     starts from the full byte alphabet, so every byte has an id even if the text never shows it.
     """
     vocab_size = check_vocab_size("train_bpe", vocab_size)
+    if isinstance(texts, (str, bytes)):  # a str iterates as its characters: each one a text, so no merge was
+        # learned and a 256-id byte tokenizer came back for vocab_size=4096, silently
+        raise TypeError(f"train_bpe texts must be an iterable of texts (e.g. a list of str); got one "
+                        f"{type(texts).__name__}: pass [text]")
     tk = _require_tokenizers()
     tokenizer = tk.Tokenizer(tk.models.BPE())
     tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
