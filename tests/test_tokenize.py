@@ -202,3 +202,15 @@ def test_train_bpe_refuses_one_str_for_its_texts():
     for texts in (TRAIN, TRAIN.encode()):
         with pytest.raises(TypeError, match=r"train_bpe texts must be an iterable of texts .*pass \[text\]"):
             train_bpe(texts, vocab_size=300)
+
+
+def test_encode_refuses_text_that_is_not_a_str():
+    """BPEVocab.encode(["the cat", "sat"]) encoded the list as one pair of sequences, the ids of "the catsat" (no
+    separator), silently; CharVocab.encode of a list or bytes failed in an AttributeError."""
+    bpe = train_bpe([TRAIN], vocab_size=300)
+    char = text.CharVocab.from_text(TRAIN)
+    for vocab, who in ((bpe, "BPEVocab"), (char, "CharVocab")):
+        assert vocab.decode(vocab.encode("the cat sat")) == "the cat sat"
+        for bad in (["the cat", "sat"], b"the cat", 3):
+            with pytest.raises(TypeError, match=rf"{who}.encode: text must be a str; got {type(bad).__name__}"):
+                vocab.encode(bad)

@@ -146,6 +146,8 @@ class CharVocab:
         Characters not in the vocabulary become `unk_id`, or raise ValueError if `strict`.
         """
         strict = check_flag("CharVocab.encode", "strict", strict)  # strict="no" raised on unknown characters
+        if not isinstance(text, str):  # a list or bytes failed in an AttributeError ("no attribute 'encode'")
+            raise TypeError(f"CharVocab.encode: text must be a str; got {type(text).__name__}")
         points = _code_points(text)
         pos = np.searchsorted(self._points, points)
         clipped = np.minimum(pos, max(len(self._points) - 1, 0))

@@ -114,6 +114,9 @@ class BPEVocab:
         (a test checks it)."""
         # 2.5 failed in str.find's words (slice indices) at the first newline past it, True cut every line
         chunk_chars = check_integer("BPEVocab.encode_array", "chunk_chars", chunk_chars)
+        if not isinstance(text, str):  # a list of texts was encoded as one pair, ["a b", "c"] as "a bc", silently
+            raise TypeError(f"BPEVocab.encode: text must be a str; got {type(text).__name__} (encode each text "
+                            f"of a list by itself)")
         pieces = list(_cut(text, chunk_chars))
         # encode_batch_fast (tokenizers >= 0.21) skips the character offsets, which are not needed here
         encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
