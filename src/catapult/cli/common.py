@@ -32,7 +32,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="progress display (default: a bar on a terminal, plain lines otherwise)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch CPU threads (default: torch's choice; 1 is fastest for small "
-                             "models on a busy machine; at most 4 per CPU, or 64)")
+                             "models on a busy machine; at most 4 per CPU or 64, whichever is more)")
 
 
 def path_option(text: str) -> str:
