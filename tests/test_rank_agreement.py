@@ -41,6 +41,58 @@ def test_parameters_that_differ_slightly_between_the_ranks_are_refused(case):
                                     "and state, before measuring)")
 
 
+BN_SHARDS = (3, 5)
+
+
+def bn_problem():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Tanh(),
+                                torch.nn.Linear(4, 2)).double()
+    x = torch.randn(sum(BN_SHARDS), 3, dtype=torch.float64)
+    y = torch.randn(sum(BN_SHARDS), 2, dtype=torch.float64)
+    return model, (x, y)
+
+
+def running_statistics_apart(rank, world):
+    """Each rank's BatchNorm ran its own shard in train mode (a DDP forward updates each rank's running
+    statistics from its shard, after it broadcast rank 0's), then eval mode: the buffers differ."""
+    model, (x, y) = bn_problem()
+    lo = sum(BN_SHARDS[:rank])
+    shard = (x[lo:lo + BN_SHARDS[rank]], y[lo:lo + BN_SHARDS[rank]])
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    ddp(shard[0]).sum().backward()
+    model.eval()
+    out = answers_or_refusals({name: (lambda m=m: catapult.sharpness(m, torch.nn.MSELoss(), shard, tol=1e-10,
+                                                                     distributed=True).value)
+                               for name, m in (("plain", model), ("ddp", ddp))})
+    del ddp   # DDP's reducer goes while the group is alive
+    for b in model.buffers():   # the remedy the refusal names
+        dist.broadcast(b, 0)
+    out["broadcast"] = catapult.sharpness(model, torch.nn.MSELoss(), shard, tol=1e-10, distributed=True).value
+    return out
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_buffers_that_differ_between_the_ranks_are_refused():
+    # each rank's own running statistics were used for its shard's products: a sharpness of 2.6587, of
+    # neither rank's model (the union with rank 0's statistics: 2.6787; with rank 1's: 2.6319)
+    from dense_curvature import dense_hessian
+
+    model, (x, y) = bn_problem()
+    model.train()
+    model(x[:BN_SHARDS[0]])   # rank 0's running statistics
+    model.eval()
+    truth = float(np.linalg.eigvalsh(dense_hessian(model, torch.nn.MSELoss(), (x, y)).numpy())[-1])
+    for res in on_ranks(running_statistics_apart, timeout_s=60.0):
+        for name in ("plain", "ddp"):
+            assert res[name] == ("distributed=True: the model's buffer '1.running_mean' differs between the ranks; the "
+                                 "curvature of the union's loss is that of one model and one optimizer state (a "
+                                 "BatchNorm's running statistics, updated by each rank's shard: broadcast rank 0's "
+                                 "buffers, torch.distributed.broadcast(b, 0) for each b in model.buffers(), before "
+                                 "measuring)"), name
+        assert res["broadcast"] == pytest.approx(truth, rel=1e-8)
+
+
 def test_the_ranks_fingerprint_of_a_tensor_sums_every_chunk():
     # (sum |t|, sum t, sum t^2) in float64 over chunks of FINGERPRINT_CHUNK entries (mutation pass
     # 6, RA5: the last chunk's sums alone, so ranks apart in the first 2^20 entries of a parameter

@@ -69,8 +69,9 @@ def check_same_call(name: str, arguments: dict) -> None:
     ``arguments["batch"]`` is a pair whose inputs have a sample dimension (a tensor, or nested tensors sharing dim 0), the ranks called ``name`` with the same
     settings (every argument but :data:`PER_RANK_ARGUMENTS` that is a number, string, None or
     dtype, or a tuple, list or dict of them, nested, by value; any other object counts by its type, so ``optimizer=None`` on one rank and an
-    optimizer on another differ), the same model parameters (``arguments["model"]``, unwrapped
-    from DDP) and the same optimizer hyperparameters and state (``arguments["optimizer"]``), all
+    optimizer on another differ), the same model parameters and buffers (``arguments["model"]``, unwrapped
+    from DDP; a BatchNorm's running statistics that each rank's shard updated gave a curvature of no
+    one model) and the same optimizer hyperparameters and state (``arguments["optimizer"]``), all
     but FSDP2's ``DTensor`` shards, whose rows differ by rank. The settings set how many
     collectives each rank runs (a ``tol`` that differed aborted gloo); parameters or state that
     differ (ranks seeded apart, a checkpoint loaded on one) gave a silent curvature of no one
@@ -92,6 +93,9 @@ def check_same_call(name: str, arguments: dict) -> None:
     # Adam's second moments set the pre-conditioner; one loaded on one rank gave each rank its
     # own answer), with the optimizer's hyperparameters as settings
     tensors = [(f"the model's parameter {key!r}", p) for key, p in params]
+    # and its buffers: a BatchNorm's running statistics, updated by each rank's own shard (DDP with
+    # broadcast_buffers=False, or the last forward before model.eval()), gave a curvature of no one model
+    tensors += [(f"the model's buffer {key!r}", b) for key, b in _named_buffers(arguments.get("model"))]
     optimizer = arguments.get("optimizer")
     group_settings = []
     if isinstance(optimizer, torch.optim.Optimizer):
@@ -131,9 +135,11 @@ def check_same_call(name: str, arguments: dict) -> None:
         (a_hi, s_hi, q_hi), (a_lo, s_lo, q_lo) = (side[3 * i:3 * i + 3] for side in (high, low))
         slack = 1e-9 * max(a_hi, 1e-300)  # the same bits on like hardware; slack for unlike
         if abs(a_hi - a_lo) > slack or abs(s_hi - s_lo) > slack or abs(q_hi - q_lo) > 1e-9 * max(q_hi, 1e-300):
+            remedy = ("a BatchNorm's running statistics, updated by each rank's shard: broadcast rank 0's buffers, "
+                      "torch.distributed.broadcast(b, 0) for each b in model.buffers()," if " buffer " in label else
+                      "wrap the model in DistributedDataParallel, or broadcast rank 0's parameters and state,")
             raise ValueError(f"distributed=True: {label} differs between the ranks; the curvature of the union's "
-                             f"loss is that of one model and one optimizer state (wrap the model in "
-                             f"DistributedDataParallel, or broadcast rank 0's parameters and state, before measuring)")
+                             f"loss is that of one model and one optimizer state ({remedy} before measuring)")
 
 
 #: Entries per chunk of :func:`_fingerprint`'s float64 sums.
@@ -158,6 +164,10 @@ def _check_shard(name: str, batch) -> None:
 
 def _named_parameters(model) -> list:
     return list(unwrap_ddp(model).named_parameters()) if isinstance(model, torch.nn.Module) else []
+
+
+def _named_buffers(model) -> list:
+    return list(unwrap_ddp(model).named_buffers()) if isinstance(model, torch.nn.Module) else []
 
 
 #: How many entries (scalars and containers) of a nested tuple, list or dict setting are spelt
