@@ -93,6 +93,29 @@ def test_buffers_that_differ_between_the_ranks_are_refused():
         assert res["broadcast"] == pytest.approx(truth, rel=1e-8)
 
 
+def dtypes_apart(rank, world):
+    """Rank 1 measures the float32 copy of the model (its parameters hold the same values: the
+    float64 model's are float32's, from torch's float32 init) on a float32 shard."""
+    model, loss_fn, (x, y) = problem()
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    if rank == 1:
+        model, shard = model.float(), tuple(t.float() for t in shard)
+    return answers_or_refusals({"sharpness": lambda: catapult.sharpness(model, loss_fn, shard,
+                                                                        distributed=True).value})
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_model_of_another_dtype_on_one_rank_is_refused_on_every_rank():
+    # the first product's all-reduce of float64 on rank 0 and float32 on rank 1 aborted gloo (SIGABRT,
+    # gloo::EnforceNotMet) in rank 1's process, and rank 0 read 'Connection reset by peer'
+    model = problem()[0]
+    assert all(torch.equal(p, p.float().double()) for p in model.parameters())   # same values: no fingerprint tells
+    for res in on_ranks(dtypes_apart, timeout_s=60.0):
+        assert res["sharpness"] == ("distributed=True: the ranks called sharpness with different models or optimizer "
+                                    "states (names, shapes or dtypes); call it with the same on every rank")
+
+
 def test_the_ranks_fingerprint_of_a_tensor_sums_every_chunk():
     # (sum |t|, sum t, sum t^2) in float64 over chunks of FINGERPRINT_CHUNK entries (mutation pass
     # 6, RA5: the last chunk's sums alone, so ranks apart in the first 2^20 entries of a parameter

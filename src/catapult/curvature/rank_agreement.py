@@ -107,18 +107,20 @@ def check_same_call(name: str, arguments: dict) -> None:
                 tensors += [(f"the optimizer's {key!r} of parameter {names.get(id(p), '?')!r}", t)
                             for key, t in sorted(optimizer.state.get(p, {}).items()) if torch.is_tensor(t)]
     # each step sizes the next all-reduce alike: the function and its argument names, then the
-    # arguments, then the tensors' names and shapes
+    # arguments, then the tensors' names, shapes and dtypes
     if any(_differs([f"{name}({', '.join(settings)})"], device)):
         raise ValueError(f"distributed=True: the ranks called different functions ({name} on this one); call "
                          f"the same on every rank")
     differ = [key for key, apart in zip(settings, _differs([f"{key}={_setting(arguments[key])}" for key in settings],
                                                            device)) if apart]
     if not differ:
+        # (and dtypes: a float32 model on one rank and a float64 one on another, whose parameters held the
+        # same values, passed, and the first product's all-reduce of unlike sizes aborted gloo's process)
         layout = [";".join(key for key, _ in group_settings) + " "
-                  + ";".join(f"{label}{tuple(t.shape)}" for label, t in tensors)]
+                  + ";".join(f"{label}{tuple(t.shape)}{t.dtype}" for label, t in tensors)]
         if any(_differs(layout, device)):
             raise ValueError(f"distributed=True: the ranks called {name} with different models or optimizer states "
-                             f"(names or shapes); call it with the same on every rank")
+                             f"(names, shapes or dtypes); call it with the same on every rank")
         differ = [key for (key, _), apart in zip(group_settings, _differs([f"{k}={v}" for k, v in group_settings],
                                                                           device)) if apart]
     if differ:
