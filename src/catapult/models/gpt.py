@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from catapult.parametrize import ParamSpec, check_parametrization, init_variance
 from catapult.arguments import check_densities, check_flag, check_positive_int, check_real, check_seed, check_std
-from catapult.models.options import common_kwargs, section_dict
+from catapult.models.options import common_kwargs, config_section
 from catapult.parametrize_state import attach_spec
 from catapult.sparsity import MaskedLinear, kept_density, random_mask
 
@@ -358,7 +358,7 @@ class GPT(nn.Module):
         >>> lm(torch.zeros(3, 16, dtype=torch.long)).shape
         torch.Size([3, 16, 50])
         """
-        m = section_dict(model_cfg)
+        m = config_section(model_cfg)
         kwargs = dict(common_kwargs(m), base_width=m["base_width"], positions=m["positions"],
                       tie_embeddings=m["tie_embeddings"], final_norm=m.get("final_norm", True))
         sparsity = m.get("sparsity") or {}

@@ -62,7 +62,7 @@ import torch.nn as nn
 
 from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization, init_variance
 from catapult.arguments import check_densities, check_flag, check_positive_int, check_real, check_seed
-from catapult.models.options import common_kwargs, section_dict
+from catapult.models.options import common_kwargs, config_section
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import INIT_DISTRIBUTIONS, check_input_dtype, init_weight_
 from catapult.sparsity import kept_density, random_mask
@@ -230,7 +230,7 @@ class MLP(nn.Module):
         >>> [tuple(p.shape) for p in net.parameters() if p.dim() == 2]
         [(32, 64), (32, 32), (10, 32)]
         """
-        m = section_dict(model_cfg)
+        m = config_section(model_cfg)
         kwargs = dict(common_kwargs(m), init=m["init"])
         if m["base_width"] is not None:
             kwargs["base_width"] = m["base_width"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["section_dict", "common_kwargs", "COMMON_KEYS", "MODEL_KEYS", "model_keys", "function_record"]
+__all__ = ["section_dict", "config_section", "common_kwargs", "COMMON_KEYS", "MODEL_KEYS", "model_keys", "function_record"]
 
 #: Constructor arguments the MLP and the GPT both take straight from ``model.*``.
 COMMON_KEYS = ("parametrization", "activation", "density", "base_density", "bias", "mask_method")
@@ -29,6 +29,26 @@ def section_dict(model_cfg: Any) -> Mapping[str, Any]:
     (8, 8)
     """
     return model_cfg if isinstance(model_cfg, Mapping) else model_cfg.model_dump()
+
+
+def config_section(model_cfg: Any) -> Mapping[str, Any]:
+    """The model section a model's ``from_config`` builds from: :func:`section_dict`, where a dict that
+    lacks some of the section's keys is validated as a ``ModelConfig`` first (its defaults fill them, as
+    ``catapult train`` fills a config's; an unknown or bad key is a ValueError naming it). A whole section
+    (what :func:`catapult.config.validate` gives) is taken as it is.
+
+    >>> config_section({"name": "gpt", "width": 32})["n_heads"]   # the default a config gets
+    4
+    """
+    if not isinstance(model_cfg, Mapping):
+        return section_dict(model_cfg)
+    from catapult.config import ModelConfig
+
+    if all(key in model_cfg for key in ModelConfig.model_fields):
+        return model_cfg
+    # a dict of a few keys (GPT.from_config({"width": 32, "depth": 2, "n_heads": 4}, ...)) failed in a bare
+    # KeyError: 'parametrization', and a misspelt key ('parametrizaton') in the same words
+    return ModelConfig.model_validate(dict(model_cfg)).model_dump()
 
 
 def common_kwargs(model_cfg: Any) -> dict[str, Any]:

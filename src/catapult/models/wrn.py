@@ -65,7 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from catapult.arguments import as_integer, check_flag, check_integer, check_positive_int, check_real
-from catapult.models.options import section_dict
+from catapult.models.options import config_section
 from catapult.parametrize import ParamSpec, check_parametrization
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import (INIT_DISTRIBUTIONS, ScaledConv2d, ScaledLinear, check_input_dtype, fan_in, fan_out,
@@ -272,7 +272,7 @@ class WRN(nn.Module):
         >>> WRN.from_config(ModelConfig(name="wrn", depth=10, widen=2, channels=4), 64, 10).readout.in_features
         32
         """
-        m = section_dict(model_cfg)
+        m = config_section(model_cfg)
         sp = m["parametrization"] == "sp"
         return cls(input_channels(in_features), out_features, depth=m["depth"], widen=m["widen"],
                    parametrization=m["parametrization"], base_widen=m["base_width"],
