@@ -63,9 +63,12 @@ def run_cells(xs, final_norms, seeds, warmups):
                             t = time.time()
                             r = run(c, progress="none")
                             losses = [m["train_loss"] for m in r.metrics]
+                            # a non-finite loss (the divergence rule's stop) as inf: max() skipped a nan
+                            # after the first entry, so a diverged run's peak read as its last finite loss
+                            peak = max(v if v is not None and math.isfinite(v) else math.inf for v in losses)
                             rec = dict(final_norm=fn, optimizer=opt, warmup_steps=warm, x=x, lr=1e-4 * 2 ** (x / 2),
                                        seed=seed, status=r.status, test_loss=r.metrics[-1]["test_loss"],
-                                       max_train_loss=max(losses), initial_loss=losses[0],
+                                       max_train_loss=peak, initial_loss=losses[0],
                                        seconds=round(time.time() - t, 1))
                             out.write(json.dumps(rec) + "\n")
                             out.flush()

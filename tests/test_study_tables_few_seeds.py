@@ -83,3 +83,27 @@ def test_sparsity_table_of_one_seed_prints_its_fitted_optimum(tmp_path, monkeypa
     assert lines[0].endswith(f"fitted {vertex:.2f} (1 seed) |")
     assert lines[1].endswith(f"fitted {vertex - 1:.2f} (1 seed) |")
     assert lines[2].endswith("fitted, density 0.5 minus 1: -1.00 (1 seed) |")
+
+
+def test_fig4_a_diverged_runs_peak_is_inf_not_its_last_finite_loss(tmp_path, monkeypatch, capsys):
+    """run_cells recorded max(losses): a nan after the first entry is skipped by max(), so a run whose loss went
+    from 8.3 to 9.0 to nan (diverged) recorded the peak 9.0 and did not count as spiked (9.0 < 1.2 x 8.3).
+    Truth: the run's losses written into a stand-in for catapult.engine.run; inf as study_fig4_search records it."""
+    import catapult.engine
+
+    script = bench_module("study_fig4_bpe")
+
+    class Diverged:
+        status = "diverged"
+        metrics = [{"train_loss": loss, "test_loss": None} for loss in (8.3, 9.0, math.nan)]
+
+    monkeypatch.setattr(catapult.engine, "run", lambda config, progress: Diverged())
+    monkeypatch.setattr(script, "OUT", tmp_path / "fig4.jsonl")
+    script.run_cells([14], [True], [0], [1])
+    rows = [json.loads(line) for line in (tmp_path / "fig4.jsonl").read_text().splitlines()]
+    assert [(r["optimizer"], r["max_train_loss"], r["status"]) for r in rows] == [
+        ("adam", math.inf, "diverged"), ("gi-adam", math.inf, "diverged")]
+    capsys.readouterr()
+    script.table(unigram=5.5)
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("| True"))
+    assert [c.strip() for c in line.split("|")][6:8] == ["inf (1 seed)", "1/1"]   # the peak, spiked
