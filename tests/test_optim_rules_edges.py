@@ -144,3 +144,27 @@ def test_a_complex_parameter_is_refused_by_the_adam_rules_and_its_real_view_is_t
     torch.optim.AdamW([w], lr=0.1, weight_decay=0.0).step()   # the first step: RAdam's is m_hat, GI-Adam's with v0=0 Adam's
     expected = torch.view_as_real(w.detach()) if rule != "radam" else -0.1 * real_g[0]
     assert torch.equal(new[0], expected)
+
+
+@pytest.mark.parametrize("rule, flag", [("adam", "maximize"), ("adam", "amsgrad"), ("sgd", "nesterov"),
+                                        ("adam", "decoupled_weight_decay")])
+def test_a_per_member_tensor_of_a_formula_flag_is_refused_naming_it(rule, flag):
+    # the rules take per-member tensors of numbers (module docstring); a per-member tensor of a flag that
+    # picks the formula failed in torch's words, "Boolean value of Tensor with more than one value is ambiguous"
+    theta, g = [torch.ones(2, 3, dtype=torch.float64)], [torch.ones(2, 3, dtype=torch.float64)]
+    hp = {"lr": 0.5, "momentum": 0.5, "weight_decay": 0.25, flag: torch.tensor([True, False]).view(2, 1)}
+    with pytest.raises(ValueError, match=rf"rules: {flag} takes one value for all members .*got 2 values"):
+        rules.update(rule, theta, g, rules.init(rule, theta, {"lr": 0.5}), hp)
+    with pytest.raises(ValueError, match=rf"rules: {flag} takes one value"):
+        rules.direction(rule, theta, g, rules.init(rule, theta, {"lr": 0.5}), hp)
+    # one value in a tensor is that value: the step of the Python bool, bit for bit
+    one = dict(hp, **{flag: torch.tensor([True])})
+    assert torch.equal(rules.update(rule, theta, g, rules.init(rule, theta, one), one)[0][0],
+                       rules.update(rule, theta, g, rules.init(rule, theta, one), dict(hp, **{flag: True}))[0][0])
+
+
+def test_sgds_threshold_refuses_a_per_member_nesterov_naming_it():
+    with pytest.raises(ValueError, match=r"threshold: nesterov takes one value"):
+        rules.threshold("sgd", {"lr": 0.5, "momentum": 0.5, "nesterov": torch.tensor([True, False])})
+    # (2 + 2b) / ((1 + 2b) lr) at b = 1/2, lr = 1/2: 3 / 1
+    assert rules.threshold("sgd", {"lr": 0.5, "momentum": 0.5, "nesterov": torch.tensor(True)}) == 3.0

@@ -13,7 +13,8 @@ import sys
 from typing import Any
 
 __all__ = ["check_real", "check_std", "check_batch", "check_module", "check_positive_int", "check_densities", "as_integer",
-           "check_integer", "as_real", "check_seed", "check_flag", "caller_stacklevel", "max_threads", "max_workers"]
+           "check_integer", "as_real", "check_seed", "check_flag", "one_flag", "caller_stacklevel", "max_threads",
+           "max_workers"]
 
 
 def check_real(owner: str, label: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -293,6 +294,28 @@ def check_flag(owner: str, label: str, value: Any) -> bool:
     if isinstance(value, numbers.Integral) and value in (0, 1):
         return bool(value)
     raise TypeError(f"{owner}: {label} must be True or False, got {_scalar(value)!r}")
+
+
+def one_flag(owner: str, label: str, value: Any) -> Any:
+    """``value`` as it came, or a ValueError naming ``owner`` and ``label`` where it is a tensor (or
+    array) of more than one value: a flag that picks a formula (an optimizer rule's ``maximize``,
+    ``amsgrad``, ``nesterov``, ``decoupled_weight_decay``) takes one value for all it is applied to. A
+    per-member tensor of them (the rules take per-member tensors of numbers) failed in torch's words,
+    "Boolean value of Tensor with more than one value is ambiguous".
+
+    >>> import numpy as np
+    >>> one_flag("rules", "maximize", True), one_flag("rules", "maximize", np.array([True]))
+    (True, array([ True]))
+    >>> one_flag("rules", "maximize", np.array([True, False]))
+    Traceback (most recent call last):
+    ValueError: rules: maximize takes one value for all members (True or False), got 2 values of shape (2,): members that differ in maximize cannot step together; run them apart
+    """
+    size = value.numel() if callable(getattr(value, "numel", None)) else getattr(value, "size", 1)
+    if isinstance(size, int) and size > 1:
+        raise ValueError(f"{owner}: {label} takes one value for all members (True or False), got {size} values of "
+                         f"shape {tuple(value.shape)}: members that differ in {label} cannot step together; "
+                         f"run them apart")
+    return value
 
 
 def caller_stacklevel() -> int:

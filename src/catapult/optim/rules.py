@@ -53,7 +53,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from catapult.arguments import check_integer
+from catapult.arguments import check_integer, one_flag
 
 __all__ = ["RULES", "ADAM_RULES", "State", "init", "update", "preconditioner", "direction",
            "threshold", "l2_coefficient", "initial_second_moment", "V0_CHOICES"]
@@ -117,7 +117,7 @@ def _hp(hp: Mapping[str, Any], key: str, i: int, default: Any = _REQUIRED) -> An
         value = value[i]
     if value is _REQUIRED:
         raise KeyError(f"hyperparameter {key!r} is required")
-    return value
+    return one_flag("rules", key, value) if key in ("maximize", "amsgrad", "nesterov", "decoupled_weight_decay") else value
 
 
 def _is_tensor(x: Any) -> bool:

@@ -42,7 +42,7 @@ from typing import Any, Mapping
 
 import torch
 
-from catapult.arguments import check_integer, check_real
+from catapult.arguments import check_integer, check_real, one_flag
 from catapult.optim import rules
 from catapult.optim.step_count import torch_next_step
 from catapult.parametrize import group_lr_mult
@@ -488,7 +488,7 @@ def _sgd_threshold(hp: Mapping[str, Any], lr: Any) -> Any:
     b = hp.get("momentum", 0.0)
     if not isinstance(b, torch.Tensor) and b == 0.0:
         return 2.0 / lr
-    if hp.get("nesterov", False):
+    if one_flag("threshold", "nesterov", hp.get("nesterov", False)):
         return (2.0 + 2.0 * b) / ((1.0 + 2.0 * b) * lr)
     # dampening d = 1: after the first step the update no longer reads the gradient (stable at
     # any curvature); d > 1 steps uphill (unstable at any positive curvature)
