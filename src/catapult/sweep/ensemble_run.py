@@ -17,6 +17,7 @@ from catapult.curvature import EigenEstimate, batched_lanczos
 from catapult.curvature.start import mixed_starts
 from catapult.engine.sharpness_rule import SOLVE_SEED
 from catapult.engine.step import rows_finite
+from catapult.losses import IGNORE_INDEX
 from catapult.sweep.batched_loop import certified_members, open_group, train_group
 from catapult.sweep.batched_optim import StackedOptimizer
 from catapult.sweep.ensemble_kernels import MLPStack, even_ranges
@@ -219,6 +220,16 @@ class KernelStack(MLPStack):
         return [(loss_tot[i] / n, acc_tot[i] / n) for i in range(len(rows))]
 
 
+def _refuse_ignored_labels(data: Any) -> None:
+    """A ValueError where the labels hold -100 (:data:`~catapult.losses.IGNORE_INDEX`): the kernels' losses,
+    gradients and accuracies are means over every row (image data, which has none, is what they run)."""
+    for split, labels in (("train", data.y_train), ("test", data.y_test)):
+        if not (labels.is_floating_point() or labels.is_complex()) and bool((labels == IGNORE_INDEX).any()):
+            raise ValueError(f"run_ensemble: the {split} labels hold {IGNORE_INDEX} (ignored targets), which the "
+                             f"hand-derived kernels would average as rows; train these cells with "
+                             f"catapult.sweep.batched.run_group (the torch.func engine) or locally, which leave them out")
+
+
 def run_ensemble(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int, CellResult]]:
     """Train ``cells`` (one group: see :func:`group_key`) as one :class:`KernelStack` in the
     batched loop (:func:`catapult.sweep.batched_loop.train_group`); yields ``(cell_id,
@@ -226,8 +237,11 @@ def run_ensemble(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[i
     :func:`catapult.engine.load_data` result on the CPU in float32, if the caller has it (used
     when the run's device and dtype are those; else loaded again). The sub-batches follow torch's
     thread count (:attr:`MLPStack.threads`): a caller that wants other threads sets them around
-    the call, as the executor does with :func:`catapult.sweep.executors.torch_threads`."""
+    the call, as the executor does with :func:`catapult.sweep.executors.torch_threads`. Labels of -100
+    (ignored targets, which config-built image data never holds) are refused (ValueError) before any step:
+    the kernels' means run over every row."""
     group = open_group(cells, data)
+    _refuse_ignored_labels(group.data)
     c0 = group.config
     stack = KernelStack(group.members, group.models, group.kind, c0["loss"],
                         max_basis=c0["eval"]["sharpness_max_basis"])
