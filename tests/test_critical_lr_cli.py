@@ -172,3 +172,23 @@ def test_a_search_that_never_rose_says_so_as_a_note_not_a_python_warning(tiny_co
     assert f"lr_c >= {1e-300 * 2.0 ** 64:.4g}  bracket [{1e-300 * 2.0 ** 64:.4g}, inf]" in captured.out
     assert captured.err.startswith("catapult critical-lr: note: the loss has not risen above L0 by lr = "
                                    f"{1e-300 * 2.0 ** 64:g}, 64 doublings"), captured.err
+
+
+def test_a_warning_that_is_not_the_searchs_passes_through_as_a_python_warning(tiny_config, capsys, monkeypatch):
+    # only catapult.critical_lr's RuntimeWarnings (they begin "critical_lr: ") become notes; any other
+    # warning raised during the estimate (here a RuntimeWarning of NumPy's words) reaches Python's
+    # warning machinery unchanged, and no note is printed for it
+    import catapult.engine.critical_lr_study as study
+
+    measured = study.estimate
+
+    def warns_then_measures(*args, **kwargs):
+        warnings.warn("overflow encountered in exp", RuntimeWarning)
+        return measured(*args, **kwargs)
+
+    monkeypatch.setattr(study, "estimate", warns_then_measures)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["critical-lr", str(tiny_config)]) == 0
+    assert [(w.category, str(w.message)) for w in caught] == [(RuntimeWarning, "overflow encountered in exp")]
+    assert "note:" not in capsys.readouterr().err
