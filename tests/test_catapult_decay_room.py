@@ -40,3 +40,12 @@ def test_a_catapult_decay_with_no_room_after_the_latest_peak_is_refused_before_a
     assert lrs[T] == pytest.approx(lr_trgt, rel=1e-12, abs=0)              # the peak, then the last update:
     assert lrs[T + 1] == pytest.approx(lr_trgt / 10, rel=1e-12, abs=0)     # lr_final (default lr_trgt / 10)
     assert all(a < b for a, b in zip(lrs[:T], lrs[1:T + 1]))                # steps 0..T: the catapult ramp
+
+
+@pytest.mark.parametrize("steps", [T, T + 1])
+def test_a_catapult_warmup_with_no_decay_needs_no_step_after_its_peak(steps):
+    # the room check is the decay's: with decay constant the lr stays at lr_trgt after the peak, and a
+    # run that ends at (or before) the latest peak the search can give is a whole catapult warmup
+    config = _config("catapult", steps)
+    config["schedule"]["decay"] = "constant"
+    assert cfg.validate(config)["schedule"]["decay"] == "constant"
