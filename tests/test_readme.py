@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -146,15 +147,21 @@ def test_the_search_delta_defaults_are_the_code_s():
 OUTPUT_FLAGS = ("--out", "--plot", "--store", "--trajectories-out", "--write-configs")
 
 
-def readme_commands(text: str) -> list[str]:
-    """Every command the README gives: its indented lines (continuations joined) and its inline
-    code spans that start with a program a reader would run."""
+def block_lines(text: str) -> list[str]:
+    """The README's indented lines, continuations joined."""
     lines, joined = text.splitlines(), []
     for line in lines:
         if joined and joined[-1].endswith("\\"):
             joined[-1] = joined[-1][:-1] + " " + line.strip()
         elif line.startswith("    "):
             joined.append(line.strip())
+    return joined
+
+
+def readme_commands(text: str) -> list[str]:
+    """Every command the README gives: its indented lines (continuations joined) and its inline
+    code spans that start with a program a reader would run."""
+    joined = block_lines(text)
     inline = re.findall(r"`((?:catapult|python|torchrun|make) [^`\n]+)`", text)
     # and a command named by its subcommand alone (`export --out results/cells.csv` left results/ beside README.md)
     spans = re.findall(r"`((?:export|plot|report|transfer|spectrum|train|sweep) --[^`\n]+)`", text)
@@ -166,7 +173,6 @@ def readme_commands(text: str) -> list[str]:
 def test_readme_commands_write_under_runs():
     """A README command run from the repository's root writes under runs/ (git-ignored): `--plot
     spectrum.png` and `--out cells.csv` left files beside README.md."""
-    import shlex
 
     outputs = []
     for command in readme_commands(README):
@@ -180,6 +186,39 @@ def test_readme_commands_write_under_runs():
     # a placeholder (STORE, DIR, FILE) is the reader's own choice
     wrong = [(c, v) for c, v in outputs if not (v.startswith("runs/") or v.isupper())]
     assert not wrong, wrong
+
+
+def _variants(command: str) -> list[list[str]]:
+    """``command``'s words, once without its optional ``[--flag a|b]`` group and once with each choice."""
+    group = re.search(r"\[(--[\w-]+) ([\w|.-]+)\]", command)
+    if not group:
+        return [shlex.split(command, comments=True)]
+    head, tail = command[:group.start()], command[group.end():]
+    return [shlex.split(head + tail, comments=True)] + [
+        shlex.split(f"{head}{group.group(1)} {value}{tail}", comments=True) for value in group.group(2).split("|")]
+
+
+def test_readme_command_lines_parse(capsys):
+    """Every `catapult` command of the README's indented blocks (`torchrun ... -m catapult` too) parses
+    with the command's own parser: its flags exist and their values are among the choices. Only the
+    subcommands' names were checked before, and the flags only by running the commands by hand."""
+    from catapult import cli
+
+    parser = cli.build_parser()
+    parsed = []
+    for command in block_lines(README):
+        words = shlex.split(command, comments=True)
+        if "catapult" not in words:
+            continue
+        for variant in _variants(command):
+            args = variant[variant.index("catapult") + 1:]
+            try:
+                parser.parse_args(args)
+            except SystemExit as exit_:   # `catapult --help` exits 0; a wrong flag or choice exits 2
+                assert exit_.code == 0, (command, args, capsys.readouterr().err)
+            parsed.append(args)
+    assert len(parsed) >= 20, parsed
+    assert ["sweep", "CONFIG", "--store", "runs/s.db", "--executor", "ray"] in parsed, parsed
 
 
 def _agrees_to_its_digits(quoted: str, value: float) -> bool:
