@@ -10,9 +10,11 @@ result to all), so the same Lanczos iteration runs on every rank and every rank 
 one process would return on the union (up to the summation order of the reduction). For a sum
 over samples ``w_r = 1``. Each rank tells which from its shard's halves (:func:`union_weight`);
 a loss that is neither is refused. A token mean whose counted tokens per sample differ between
-the ranks (padding masked by ``ignore_index`` on one rank only) looks like a mean on each rank
-but is weighted per sample, not per token: give every rank the same share of counted tokens, or
-a loss that sums per-token terms.
+the ranks (padding masked by ``ignore_index`` on one rank only) is weighted by the ranks' counted
+targets where the targets are integer labels and the ignored ones are -100 (torch's and Hugging Face's:
+:func:`~catapult.curvature.shard_reduction.leaves_ignored_out`; not with a model sharded by FSDP2);
+with another ``ignore_index`` it looks like a mean on each rank but is weighted per sample: give
+every rank the same share of counted tokens, or a loss that sums per-token terms.
 
 Anything one rank refuses (a kink in its finite differences, a micro-batch split, its start
 vector) stops every rank with an error (:func:`agreed`, :func:`agreed_gap`): left to itself,
@@ -343,11 +345,13 @@ def rank0_flag(flag: bool, device=None) -> bool:
 def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True, kind: bool = False):
     """This rank's weight in the union's loss (every rank must call it): its :func:`shard_weight`
     ``|B_r| / |B|`` where ``loss_fn`` is a mean over samples, 1 where it is a sum (``kind=True``:
-    ``(weight, "mean" or "sum")``).
+    ``(weight, "mean" or "sum")``). A mean that leaves out integer targets of -100 (``F.cross_entropy``'s
+    token mean, :func:`~catapult.curvature.shard_reduction.leaves_ignored_out`) weighs each rank by its
+    counted targets instead: ``c_r / sum c``.
 
     Each rank tells which from its shard's two halves
     (:func:`~catapult.curvature.microbatch.reduction_kind`, two forward passes without grad). A
-    loss that is neither (a token mean with ``ignore_index``, a root mean square), or ranks that
+    loss that is neither (a token mean with another ``ignore_index``, a root mean square), or ranks that
     disagree, are refused on every rank: the shards' losses would not add up to the union's, and
     the answer was silently wrong. A shard of one sample compares its loss with that of the
     sample twice over (a mean's is the same, a sum's twice it), or, where the model cannot run that
@@ -372,16 +376,28 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True, k
     ...     union_weight(model, torch.nn.MSELoss(), batch), union_weight(model, torch.nn.MSELoss(reduction="sum"), batch)
     (1.0, 1.0)
     """
-    from catapult.curvature.shard_reduction import shard_reduction, sharded_shard_reduction
+    import torch.distributed as dist
+    from catapult.curvature.shard_reduction import counted_targets, shard_reduction, sharded_shard_reduction
 
     weight = shard_weight(batch, device)
     told = agreed(lambda: (shard_reduction if testable else sharded_shard_reduction)(model, loss_fn, batch),
                   device, collective=not testable)
-    votes = torch.tensor([float(told == "mean"), float(told == "sum")], dtype=torch.float64, device=device)
-    means, sums = all_reduce_sum(votes).tolist()
+    # with each rank's counted targets (a token mean's weights), in the same all-reduce
+    rank, counted = dist.get_rank(), counted_targets(batch[1])
+    votes = torch.zeros(4 + dist.get_world_size(), dtype=torch.float64, device=device)
+    votes[:4] = torch.tensor([float(told in ("mean", "counted")), float(told == "sum"), float(told == "counted"),
+                              float(counted is None)], dtype=torch.float64)
+    votes[4 + rank] = float(counted or 0)
+    means, sums, counts_told, uncounted, *counts = all_reduce_sum(votes).tolist()
     if means and sums:
         raise ValueError("distributed=True: loss_fn is a mean over samples on some ranks' shards and a sum on "
                          "others'; give every rank the same loss")
+    if counts_told and not sums:
+        if uncounted:
+            raise ValueError("distributed=True: loss_fn leaves out targets of -100 (a mean over the counted targets) "
+                             "on some ranks' shards, and other ranks' targets are no tensor of integer labels to "
+                             "count; give every rank the same kind of targets")
+        weight = counts[rank] / sum(counts)   # (a rank that told it counted some)
     weight = 1.0 if sums else weight
     return (weight, "sum" if sums else "mean") if kind else weight
 

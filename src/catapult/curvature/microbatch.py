@@ -152,7 +152,7 @@ def _reduction(loss_at, params, x, y, pieces, mean_w, dtype, nearby=True, roundi
         whole = loss_at(params, x, y)
         full = _scalar(whole)
         losses = [_scalar(_piece_loss(loss_at, params, xc, yc)) for xc, yc in pieces]
-    as_mean = sum(w * l for w, l in zip(mean_w, losses))
+    as_mean = sum(w * l for w, l in zip(mean_w, losses) if w)   # (a piece whose targets all count for nothing)
     as_sum = sum(losses)
     # well above the rounding of a batch sum, well below what a loss not additive over samples (a
     # root-mean-square) shows between chunks; in the coarser of the parameters' dtype and the loss's
@@ -175,7 +175,7 @@ def _reduction(loss_at, params, x, y, pieces, mean_w, dtype, nearby=True, roundi
 
 
 def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.dtype, *, nearby: bool = True,
-                   rounding: bool | None = None):
+                   rounding: bool | None = None, sizes: list | None = None):
     """``(full loss, kind, what was compared)``: whether the loss of ``inputs`` / ``targets`` is
     the ``pieces``' weighted mean (``"mean"``, weights ``|B_k| / |B|``) or their sum (``"sum"``),
     to ``400 eps`` relative (at least ``1e-9``, at most 2%; the eps of the coarser of the loss's
@@ -186,6 +186,8 @@ def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.
     ``rounding``: whether losses that are neither but within ``rtol x 1e-30`` of each other (an exact
     fit's rounding) are ``"both"``; by default where ``nearby`` is False (a caller that nudged the
     parameters itself passes False: 2**-300 x a root-mean-square is then neither).
+    ``sizes``: the pieces' weights in a mean (their sample counts by default; a token mean's counted
+    targets, :func:`~catapult.curvature.shard_reduction.counted_targets`); a piece of size 0 drops out of it.
 
     >>> loss_at = lambda p, x, y: ((x * p["w"] - y) ** 2).sum()
     >>> x = torch.tensor([1.0, 2.0, 3.0])
@@ -193,7 +195,7 @@ def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.
     ...                (x[2:], torch.zeros(1))], torch.float64)[1]
     'sum'
     """
-    sizes = [sample_count(xc, "inputs") for xc, _ in pieces]
+    sizes = [sample_count(xc, "inputs") for xc, _ in pieces] if sizes is None else sizes
     mean_w = [k / sum(sizes) for k in sizes]
     full, kind, shown = _reduction(loss_at, params, inputs, targets, pieces, mean_w, dtype, nearby, rounding)
     if kind in ("both", None) and nearby:

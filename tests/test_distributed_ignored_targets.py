@@ -1,0 +1,88 @@
+"""distributed=True with integer targets of -100 (torch's ``ignore_index``) counted unevenly between
+the ranks: 2 CPU processes on gloo over loopback, each with its shard, against the dense float64
+Hessian of one process on the union of the shards.
+
+``F.cross_entropy`` is a mean over the targets it counts, so the union's loss weighs each rank by its
+counted targets, not its samples: weighted by samples, a shard with as many -100 in each half was
+silently wrong (0.448 for the union's 0.487), and one with its -100 in one half was refused as
+neither a mean nor a sum. A loss that sums each sample's counted terms and divides by the samples
+stays weighted by the samples."""
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+import catapult
+from dense_curvature import dense_hessian
+from gloo_ranks import on_ranks
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+
+VOCAB = 4
+
+
+def per_sample_mean(out, y):
+    """The counted terms of each sample summed, over the samples: -100 rows count as samples."""
+    return F.cross_entropy(out, y, reduction="sum") / out.shape[0]
+
+
+def tokens_mean(out, y):
+    return F.cross_entropy(out.reshape(-1, VOCAB), y.reshape(-1))
+
+
+def problem(case):
+    """``(model, loss_fn, x, y, rows of rank 0)``."""
+    torch.manual_seed(0)
+    if case == "tokens":   # (samples, tokens) labels; rank 0's second and third samples half padding
+        model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, VOCAB)).double()
+        x = torch.randn(6, 2, 3, dtype=torch.float64)
+        y = torch.tensor([[0, 1], [2, -100], [-100, 3], [1, 1], [0, 2], [3, 0]])
+        return model, tokens_mean, x, y, 3
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, VOCAB)).double()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    if case == "halves alike":   # one -100 in each of rank 0's halves: told a mean, weighted by samples
+        y, rows = torch.tensor([0, -100, 2, -100, 1, 3, 0, 2]), 4
+    else:   # rank 0's -100 in one half (refused as neither), rank 1's last target -100
+        y, rows = torch.tensor([0, -100, 2, 1, 3, 0, 2, -100]), 3
+    loss_fn = {"per sample": per_sample_mean, "sum": nn.CrossEntropyLoss(reduction="sum")}.get(case, nn.CrossEntropyLoss())
+    return model, loss_fn, x, y, rows
+
+
+CASES = ["halves alike", "one half", "tokens", "per sample", "sum"]
+
+
+def measures(rank, world):
+    out = {}
+    for case in CASES:
+        model, loss_fn, x, y, rows = problem(case)
+        shard = (x[:rows], y[:rows]) if rank == 0 else (x[rows:], y[rows:])
+        try:
+            out[case] = (catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value,
+                         catapult.top_eigenpairs(model, loss_fn, shard, k=2, tol=1e-10, distributed=True).values,
+                         catapult.critical_lr(model, loss_fn, shard, torch.optim.SGD(model.parameters(), lr=0.1),
+                                              lr_start=1e-3, distributed=True).lr)
+        except ValueError as err:
+            out[case] = str(err)
+    return out
+
+
+def test_the_ranks_are_weighted_by_the_targets_the_loss_counts():
+    truth, alone = {}, {}
+    for case in CASES:
+        model, loss_fn, x, y, rows = problem(case)
+        truth[case] = np.linalg.eigvalsh(dense_hessian(model, loss_fn, (x, y)).numpy())[::-1][:2]
+        alone[case] = catapult.critical_lr(model, loss_fn, (x, y), torch.optim.SGD(model.parameters(), lr=0.1),
+                                           lr_start=1e-3).lr
+        # the two weightings differ here, so the test can fail: rank 0's counted share is not its samples'
+        counted = (y[:rows] != -100).sum().item() / (y != -100).sum().item()
+        assert counted != pytest.approx(rows / len(y), rel=1e-3)
+    for res in on_ranks(measures, timeout_s=120.0):
+        for case in CASES:
+            assert not isinstance(res[case], str), (case, res[case])
+            top, pair, lr = res[case]
+            assert top == pytest.approx(truth[case][0], rel=1e-7), case
+            np.testing.assert_allclose(pair, truth[case], rtol=1e-7, err_msg=case)
+            # the critical lr's trial losses and gradient are the union's too: one process's search on it
+            assert lr == pytest.approx(alone[case], rel=1e-9), case
