@@ -121,6 +121,11 @@ def _human(path, capsys, *overrides):
 
 @pytest.mark.parametrize("override, key", [("optimizer.name=adm", "optimizer.name"),
                                            ("schedule.delta=-1", "schedule.delta"),
+                                           # the relative rise accepted at lr_c: above 1 (a doubled loss) the
+                                           # bisection stops at the doubling's bracket (fig1_sp: lr_c 0.1024 at
+                                           # delta 10 .. 1e300 for 0.0768 at 0.1 and 1); before: exit 0
+                                           ("schedule.delta=1e300", "schedule.delta"),
+                                           ("schedule.delta=1.5", "schedule.delta"),
                                            ("schedule.rtol=0", "schedule.rtol"),
                                            ("schedule.rtol=1.5", "schedule.rtol"),
                                            ("schedule.rtol=tight", "schedule.rtol"),

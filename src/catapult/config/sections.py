@@ -251,9 +251,10 @@ class ScheduleConfig(Section):
     warmup: Annotated[Literal["linear", "catapult", "persistent"], choice()] = Field(
         "linear", description="linear = polynomial warmup from lr_init; catapult = linear warmup started at "
                               "lr_c = critical_lr at step 0; persistent = PersistentCatapultWarmup (no T_wrm)")
-    delta: Annotated[float | None, number(low=0.0, low_open=True)] = Field(
-        None, description="catapult/persistent: loss rise accepted at lr_c (null = 0.1 for sgd, 0.01 for "
-                          "Adam-family)")
+    delta: Annotated[float | None, number(low=0.0, high=1.0, low_open=True)] = Field(
+        None, description="catapult/persistent: loss rise accepted at lr_c, relative to the loss, at most 1 (a "
+                          "doubled loss: beyond it the bisection stops at the doubling's bracket) (null = 0.1 "
+                          "for sgd, 0.01 for Adam-family)")
     lr_start: Annotated[float | None, number(low=0.0, low_open=True)] = Field(
         None, description="catapult/persistent: first lr of the critical-lr search (null = min(1e-4, lr_trgt))")
     rtol: Annotated[float | None, number(low=0.0, high=1.0, low_open=True, high_open=True)] = Field(
