@@ -79,3 +79,20 @@ def test_what_stands_where_a_folder_goes_is_refused_before_any_work(make, words,
     assert cli.main(["export", str(store), "--out", "runs/a/cells.csv"]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and words in err
+
+
+@pytest.mark.parametrize("option", ["--plot", None])
+def test_a_folder_the_file_system_refuses_below_folders_made_leaves_none_of_them(option, tmp_path):
+    # mkdir makes runs/a, then the file system refuses the next name (longer than NAME_MAX, 255 bytes
+    # on Linux and macOS): the folders made on the way are removed again. Before, rmdir of the refused
+    # name raised ENAMETOOLONG (not FileNotFoundError), read as "something was written there", and
+    # runs/a stayed behind
+    from catapult.cli.common import output_folders
+
+    path = tmp_path / "runs" / "a" / ("x" * 300) / "f.png"
+    with pytest.raises(cfg.ConfigError if option else OSError) as refused:
+        with output_folders(path, option):
+            pass
+    if option:
+        assert str(refused.value).startswith(f"{option}: cannot create the directory {tmp_path / 'runs' / 'a'}/")
+    assert _tree(tmp_path) == []

@@ -343,10 +343,12 @@ def _remove_empty(folders) -> None:
     for made in folders:
         try:
             made.rmdir()
-        except FileNotFoundError:   # not made (the mkdir failed above it)
-            continue
-        except OSError:   # something was written there: leave it and those above
-            break
+        except OSError:
+            # not made (the mkdir failed at or above it: FileNotFoundError, or ENAMETOOLONG for the
+            # name refused, which left the folders made above it behind): go on to those above
+            if not os.path.isdir(made):
+                continue
+            break   # something was written there: leave it and those above
 
 
 def _is_sqlite(path: Path) -> bool:
