@@ -6,6 +6,7 @@ float16 range (torch.finfo) and, where v_0 fits, the closed form of the first st
 -lr sqrt(1 - b2) sign(g)."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -180,3 +181,59 @@ def test_a_saved_v_beyond_float16_is_refused_when_it_loads_into_float16_paramete
     other.step()
     fits.load_state_dict(other.state_dict())
     assert fits.state[fits.param_groups[0]["params"][0]]["exp_avg_sq"].dtype == torch.float16
+
+
+def test_a_step_count_beyond_float16_loads_into_float16_parameters_and_continues_as_torch_adamw():
+    # the load's range check is of the moments torch's loader casts to the parameter's dtype; the step
+    # count it keeps as saved (a float32 tensor), so a run past step 65504 loads. Truth: torch AdamW
+    # continuing the same state on the same float16 parameter, bit-equal
+    torch.manual_seed(0)
+    ref = torch.nn.Parameter(torch.randn(3).to(torch.float16))
+    adamw = torch.optim.AdamW([ref], lr=0.1, foreach=False)
+    ref.grad = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float16)
+    adamw.step()
+    adamw.state[ref]["step"].fill_(70000.0)
+    half = torch.nn.Parameter(ref.detach().clone())
+    opt = GIAdam([half], lr=0.1)
+    opt.load_state_dict(copy.deepcopy(adamw.state_dict()))   # (torch's loader shares tensors of one dtype)
+    half.grad = torch.tensor([0.25, 1.0, -0.5], dtype=torch.float16)
+    ref.grad = half.grad.clone()
+    opt.step()
+    adamw.step()
+    assert torch.equal(half, ref)
+    assert float(opt.state[half]["step"]) == float(adamw.state[ref]["step"]) == 70001.0
+
+
+def test_a_saved_v_beyond_bfloat16_is_refused_when_it_loads_into_bfloat16_parameters():
+    # bfloat16's range ends just below float32's (torch.finfo: 3.3895e38 < 3.4028e38): a float32 v of
+    # 3.4e38 is inf once cast to bfloat16, as the float16 case above
+    big = torch.tensor([3.4e38, 1.0, 1.0])
+    assert bool(torch.isfinite(big).all()) and bool(torch.isinf(big.to(torch.bfloat16))[0])
+    wide = torch.nn.Parameter(torch.zeros(3))
+    source = GIAdam([wide], lr=0.1)
+    wide.grad = torch.ones(3)
+    source.step()
+    saved = source.state_dict()
+    saved["state"][0] = dict(saved["state"][0], exp_avg_sq=big)
+    target = GIAdam([torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))], lr=0.1)
+    with pytest.raises(ValueError, match=r"exp_avg_sq of parameter 0 holds values up to 3.4e\+38, beyond "
+                                         r"torch.bfloat16 \(max 3.38953e\+38\)"):
+        target.load_state_dict(saved)
+    assert not target.state
+
+
+def test_a_saved_state_already_not_finite_loads_into_float16_parameters_as_into_float32_ones():
+    # the range check names values the cast to float16 makes infinite; a state that is not finite as
+    # saved (a diverged run: nan, inf) is not beyond float16's range, and loads as into float32 parameters
+    # (as torch's own loader takes it). Truth: the saved values, cast by torch
+    wide = torch.nn.Parameter(torch.zeros(3))
+    source = GIAdam([wide], lr=0.1)
+    wide.grad = torch.ones(3)
+    source.step()
+    saved = source.state_dict()
+    saved["state"][0] = dict(saved["state"][0], exp_avg_sq=torch.tensor([math.nan, math.inf, 1.0]))
+    for dtype in (torch.float32, torch.float16):
+        target = GIAdam([torch.nn.Parameter(torch.zeros(3, dtype=dtype))], lr=0.1)
+        target.load_state_dict(saved)
+        v = target.state[target.param_groups[0]["params"][0]]["exp_avg_sq"]
+        assert v.dtype == dtype and bool(v[0].isnan()) and float(v[1]) == math.inf and float(v[2]) == 1.0
