@@ -437,3 +437,45 @@ def test_gi_adam_refuses_a_seed_beyond_range_before_any_group_steps():
     with pytest.raises(ValueError, match=r"draws parameter 1 from seed \+ 1: seed 18446744073709551616 is beyond "):
         opt.step()
     assert len(opt.state) == 0 and not first.any() and not second.any()
+
+
+def test_gi_adam_checks_the_seed_range_only_where_v0_random_draws_a_parameter_that_starts_now():
+    # seed + i is drawn from only for the v0='random' start of a parameter with a gradient and no state:
+    # v0='grad', a parameter without a gradient, and parameters already started step as they would by any seed
+    import copy
+
+    import torch
+
+    from catapult.optim import GIAdam
+
+    def pair():
+        return torch.nn.Parameter(torch.tensor([1.0, -2.0])), torch.nn.Parameter(torch.tensor([0.5, 3.0]))
+
+    # v0='grad': the seed is never drawn from; truth: the same optimizer at seed 0
+    for seed in (2 ** 64 - 1, 0):
+        a, b = pair()
+        opt = GIAdam([{"params": [a]}, {"params": [b]}], lr=0.1, v0="grad", seed=seed)
+        a.grad, b.grad = torch.tensor([0.5, 1.0]), torch.tensor([-1.0, 2.0])
+        opt.step()
+        if seed:
+            far = (a.detach().clone(), b.detach().clone())
+    assert torch.equal(far[0], a) and torch.equal(far[1], b)
+    # v0='random', the second parameter (seed + 1 beyond range) without a gradient: the first steps, the second waits
+    a, b = pair()
+    opt = GIAdam([a, b], lr=0.1, v0="random", seed=2 ** 64 - 1)
+    a.grad = torch.tensor([0.5, 1.0])
+    opt.step()
+    assert not torch.equal(a, pair()[0]) and torch.equal(b, pair()[1]) and b not in opt.state
+    # both already started (a torch AdamW state): nothing is drawn; truth: torch AdamW continuing, bit-equal
+    a, b = pair()
+    adamw = torch.optim.AdamW([a, b], lr=0.1, foreach=False)
+    a.grad, b.grad = torch.tensor([0.5, 1.0]), torch.tensor([-1.0, 2.0])
+    adamw.step()
+    a2, b2 = torch.nn.Parameter(a.detach().clone()), torch.nn.Parameter(b.detach().clone())
+    opt = GIAdam([a2, b2], lr=0.1, v0="random", seed=2 ** 64 - 1)
+    opt.load_state_dict(copy.deepcopy(adamw.state_dict()))
+    for p, q, g in ((a, a2, [0.25, -1.0]), (b, b2, [2.0, 0.5])):
+        p.grad, q.grad = torch.tensor(g), torch.tensor(g)
+    adamw.step()
+    opt.step()
+    assert torch.equal(a, a2) and torch.equal(b, b2)
