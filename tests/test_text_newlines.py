@@ -59,3 +59,23 @@ def test_the_tokenizer_sees_the_same_corpus_from_crlf_and_lf_shards(tmp_path):
         # no id of the vocabulary decodes to a carriage return: none was trained on
         assert "\r" not in vocab.tokenizer.decode(got[folder.name][0].tolist())
     assert len(got["crlf"]) == len(got["lf"]) == 1 and np.array_equal(got["crlf"][0], got["lf"][0])
+
+
+def test_a_cache_tokenised_under_the_old_line_break_rule_is_not_reused(tmp_path, monkeypatch):
+    # the shards' cache key holds the rule (NEWLINES): a cache written when a JSON string kept its \r
+    # (here: the old rule put back, under its own name) is not mapped by a run of the one rule. Truth:
+    # the LF corpus tokenised into a cache of its own
+    import catapult.data.text_shards as shards
+
+    crlf, lf = tmp_path / "crlf", tmp_path / "lf"
+    for folder, docs in ((crlf, WRITTEN), (lf, TRUTH)):
+        folder.mkdir()
+        _jsonl(folder / "train.jsonl", docs * 40)
+    with monkeypatch.context() as old:
+        old.setattr(shards, "NEWLINES", "kept")
+        old.setattr(shards, "one_newline", lambda text: text)
+        vocab, arrays = tokenize_text_shards(crlf, vocab_size=300, cache_dir=tmp_path / "cache")
+        assert "\r" in vocab.tokenizer.decode(np.load(arrays[0]).tolist())   # the old rule's cache
+    vocab, arrays = tokenize_text_shards(crlf, vocab_size=300, cache_dir=tmp_path / "cache")
+    _, truth = tokenize_text_shards(lf, vocab_size=300, cache_dir=tmp_path / "cache-lf")
+    assert len(arrays) == len(truth) == 1 and np.array_equal(np.load(arrays[0]), np.load(truth[0]))
