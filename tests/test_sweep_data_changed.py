@@ -155,3 +155,46 @@ def test_a_dry_run_on_a_store_without_the_digests_writes_none(tmp_path, capsys):
               progress="none")
     with Store(store, create=False) as s:
         assert s.meta(DATA_META) is not None
+
+
+def test_the_cifar_files_hashed_are_the_archive_or_each_file_the_loader_reads(tmp_path):
+    # data.data_files (the files a resume's digests cover): the archive where the loader reads the
+    # archive, else the batch and meta files of the extracted folder (not its other files), for
+    # CIFAR-10 and CIFAR-100 alike. Truth: the names the CIFAR sites ship, written here
+    from catapult.data import data_files
+
+    folders = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]),
+               "cifar100": ("cifar-100-python", ["train", "test", "meta"])}
+    for name, (folder, files) in folders.items():
+        root = tmp_path / name
+        (root / folder).mkdir(parents=True)
+        for file in files + ["readme.html"]:
+            (root / folder / file).write_bytes(file.encode())
+        assert data_files(name, root) == [root / folder / file for file in files]
+    archive = tmp_path / "archive" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    archive.write_bytes(b"not read")
+    assert data_files("cifar10", archive.parent) == [archive]
+
+
+def test_a_dry_run_for_a_ray_cluster_leaves_the_data_to_its_machines(tmp_path, capsys):
+    # with --ray-address the cells run on the cluster's machines, whose data this one need not hold (the
+    # run itself hashes none there): a dry run here says what the store holds, whether the data files
+    # are here or not
+    import shutil
+
+    from catapult.cli import main
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(name.encode())
+    store = tmp_path / "s.db"
+    _interrupted(_cifar_config(tmp_path), store)
+    shutil.rmtree(folder)
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"name: t\ndata: {{name: cifar10, root: {tmp_path}}}\ntrain: {{steps: 3}}\n"
+                      f"eval: {{sharpness_every: 0}}\nsweep: {{grid: {{optimizer.lr: [1/lambda0, 2/lambda0, 4/lambda0]}}}}\n")
+    argv = ["sweep", str(config), "--store", str(store), "--dry-run", "--executor", "ray", "--ray-address", "10.0.0.1:6379"]
+    assert main(argv) == 0
+    assert f"would resume the sweep in {store} (1 of 3 cells already done)" in capsys.readouterr().out
