@@ -44,3 +44,14 @@ def test_an_int_or_float_tag_on_empty_text_is_a_config_error_at_its_place(tmp_pa
     assert not (tmp_path / "out").exists()
     # the tags still read what YAML gives them
     assert safe_yaml("[!!int '1_0', !!float '2.5', !!int 0x1f, !!float .inf]") == [10, 2.5, 31, float("inf")]
+
+
+def test_the_refusal_quotes_at_most_60_characters_of_the_text(tmp_path):
+    # a long value under a tag it does not match is quoted by its first 60 characters, not whole
+    text = "maybe" + "x" * 995
+    path = tmp_path / "run.yaml"
+    path.write_text(f"name: a\nseed: !!bool {text}\n")
+    with pytest.raises(cfg.ConfigError) as refused:
+        cfg.load_config(path)
+    said = str(refused.value)
+    assert f"line 2, column 7: {text[:60]!r} is not a YAML boolean" in said and text[:61] not in said
