@@ -212,7 +212,42 @@ def link_new(written, path) -> bool:
         os.link(written, path)
     except FileExistsError:
         return False
+    except OSError as error:
+        if error.errno not in _NO_HARD_LINKS:
+            raise
+        return _rename_new(written, path)
     return True
+
+
+#: What ``os.link`` fails with on a filesystem that makes no hard links (FAT and exFAT, some
+#: network and FUSE mounts): :func:`link_new` then renames a copy into place instead.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+
+
+def _rename_new(written, path) -> bool:
+    """:func:`link_new` without hard links: a copy of ``written`` renamed to ``path`` (readers
+    still see a whole file or none) while this process holds a lock on the folder, and only if
+    nothing is at ``path`` then, so two writers racing leave the first one's here too."""
+    path = Path(path)
+    copy = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.publish")
+    try:
+        with open(written, "rb") as source, open(copy, "xb") as target:
+            while chunk := source.read(1 << 20):
+                target.write(chunk)
+        os.chmod(copy, stat.S_IMODE(os.stat(written).st_mode))
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            if fcntl is not None:
+                fcntl.flock(folder, fcntl.LOCK_EX)   # released when the folder is closed
+            if os.path.lexists(path):
+                return False
+            os.rename(copy, path)
+            return True
+        finally:
+            os.close(folder)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(copy)
 
 
 #: How often a thing found at the partial name is removed before write_whole gives up: only

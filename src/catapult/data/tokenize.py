@@ -30,6 +30,7 @@ import torch
 from catapult.arguments import check_integer
 from catapult.config.errors import MissingDependency
 from catapult.data import token_cache
+from catapult.writing import link_new
 
 __all__ = ["BPEVocab", "train_bpe", "load_or_train_bpe", "load_cached_vocab", "bpe_file_name", "fingerprint", "TOKENIZERS"]
 
@@ -207,9 +208,10 @@ def _lines(text: str, per: int = 1 << 16) -> Iterable[str]:
 def save_new(vocab: BPEVocab, path: str | os.PathLike) -> bool:
     """Write ``vocab`` to ``path`` unless a file is already there; True if this call wrote it.
 
-    The JSON goes to a temporary file in the same directory and is then hard-linked into place
-    (``os.link`` fails if ``path`` exists), so a reader never sees half a file and an existing
-    file is never replaced."""
+    The JSON goes to a temporary file in the same directory and is then published with
+    :func:`~catapult.writing.link_new` (a hard link, which fails if ``path`` exists, or a locked
+    rename where the filesystem makes no hard links), so a reader never sees half a file and an
+    existing file is never replaced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -217,9 +219,7 @@ def save_new(vocab: BPEVocab, path: str | os.PathLike) -> bool:
     try:
         vocab.tokenizer.save(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared data directory wants readable files
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
+        if not link_new(tmp, path):
             return False
         vocab.path = path
         return True

@@ -1,0 +1,54 @@
+"""On a filesystem that makes no hard links (FAT, some network and FUSE mounts: ``os.link`` fails
+with EPERM), catapult's caches are still published whole and never over an existing file: the
+BPE tokenizer (tokenize.save_new), the token arrays (token_cache.save_array) and link_new itself."""
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+import pytest
+
+from catapult import writing
+from catapult.data.token_cache import save_array
+from catapult.data.tokenize import BPEVocab, bpe_file_name, load_or_train_bpe
+
+TRAIN = "the cat sat on the mat. the dog sat on the log.\n" * 30
+
+
+@pytest.fixture(params=[PermissionError(errno.EPERM, "Operation not permitted"),
+                        OSError(errno.EOPNOTSUPP, "Operation not supported")], ids=["EPERM", "EOPNOTSUPP"])
+def no_links(request, monkeypatch):
+    def link(*args, **kwargs):
+        raise request.param
+    monkeypatch.setattr(os, "link", link)
+
+
+def test_bpe_tokenizer_is_saved_and_reused_without_hard_links(tmp_path, no_links):
+    vocab = load_or_train_bpe(TRAIN, 300, tmp_path, "k")
+    path = tmp_path / bpe_file_name(300, "k")
+    assert vocab.path == path
+    assert BPEVocab.load(path).encode("the cat sat").tolist() == vocab.encode("the cat sat").tolist()
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]   # no temporary file left
+
+
+def test_link_new_without_hard_links_keeps_the_first_file(tmp_path, no_links, monkeypatch):
+    for text, published in (("first", True), ("second", False)):
+        (tmp_path / "tmp").write_text(text)
+        assert writing.link_new(tmp_path / "tmp", tmp_path / "cache.npy") is published
+        (tmp_path / "tmp").unlink()
+        assert (tmp_path / "cache.npy").read_text() == "first"
+    assert save_array(np.arange(5, dtype=np.uint16), tmp_path / "a.npy") is True
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(5))
+    assert save_array(np.zeros(2, dtype=np.uint16), tmp_path / "a.npy") is False
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(5))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "cache.npy"]
+
+    def full(*args, **kwargs):   # another error from os.link is not taken for "no hard links"
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "link", full)
+    (tmp_path / "tmp").write_text("x")
+    with pytest.raises(OSError, match="No space left"):
+        writing.link_new(tmp_path / "tmp", tmp_path / "other.npy")
+    assert not (tmp_path / "other.npy").exists()
