@@ -3,7 +3,8 @@
 ``catapult transfer`` takes the optimum of the seed-mean curve. This adds what a single optimum
 hides: for every (panel, series) the optimum ``x*`` of each seed's own curve, their mean ± std in
 log2 units, and the shift of the mean optimum from the first series value (density 1, the
-smallest width). Cells that diverged or failed count as +inf loss. Prints one Markdown table.
+smallest width). Cells that diverged or failed count as +inf loss; a seed with no finished cell
+in a row has no optimum and is left out of that row (named there). Prints one Markdown table.
 
     python bench/study_supar_bpe.py runs/bpe/lr_main.csv [runs/bpe/lr_abl.csv] --x optimizer.lr --series model.density
 """
@@ -40,6 +41,24 @@ def fmt_log2(x: float) -> str:
     return f"2^{math.log2(x):g}"
 
 
+def optima(seeds: dict) -> tuple:
+    """For ``{seed: {x: loss}}``: the xs, the seed-mean curve and its std, the index of its
+    optimum, each seed's own optimum (log2) and the seeds left out. A seed none of whose cells
+    finished with a finite loss has no optimum (argmin over an all-inf curve would say the
+    lowest x): it is left out of the per-seed optima and the seed-mean curve, and named."""
+    failed = sorted(k for k in seeds if not any(math.isfinite(v) for v in seeds[k].values()))
+    kept = sorted(k for k in seeds if k not in failed)
+    if not kept:
+        return [], np.array([]), np.array([]), None, [], failed
+    xs = sorted(set().union(*(seeds[k].keys() for k in kept)))
+    curves = np.array([[seeds[k].get(x, math.inf) for x in xs] for k in kept])
+    with np.errstate(invalid="ignore"):
+        mean = curves.mean(axis=0)
+        std = curves.std(axis=0, ddof=1) if len(curves) > 1 else np.full(len(xs), math.nan)
+    per_seed = [math.log2(xs[int(np.argmin(c))]) for c in curves]
+    return xs, mean, std, int(np.argmin(mean)), per_seed, failed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv", nargs="+")
@@ -57,19 +76,16 @@ def main() -> None:
         series = sorted(data[panel], reverse=args.series == "model.density" or args.descending)
         first = None
         for s in series:
-            seeds = data[panel][s]
-            xs = sorted(set().union(*(seeds[k].keys() for k in seeds)))
-            curves = np.array([[seeds[k].get(x, math.inf) for x in xs] for k in sorted(seeds)])
-            with np.errstate(invalid="ignore"):
-                mean = curves.mean(axis=0)
-                std = curves.std(axis=0, ddof=1) if len(curves) > 1 else np.full(len(xs), math.nan)
-            i = int(np.argmin(mean))
-            per_seed = [math.log2(xs[int(np.argmin(c))]) for c in curves]
+            xs, mean, std, i, per_seed, failed = optima(data[panel][s])
+            left_out = f" (left out, no finished cell: seed {', '.join(map(str, failed))})" if failed else ""
+            if i is None:
+                print(f"| {panel} | {s:g} | - | - | -{left_out} | - | - | |")
+                continue
             opt = math.log2(xs[i])
             first = opt if first is None else first
             edge = "low edge" if i == 0 else "high edge" if i == len(xs) - 1 else ""
             print(f"| {panel} | {s:g} | {fmt_log2(xs[i])} | {mean[i]:.3f} ± {std[i]:.3f} | "
-                  f"{', '.join(f'{p:g}' for p in per_seed)} | {np.mean(per_seed):.2f} ± "
+                  f"{', '.join(f'{p:g}' for p in per_seed)}{left_out} | {np.mean(per_seed):.2f} ± "
                   f"{np.std(per_seed, ddof=1) if len(per_seed) > 1 else math.nan:.2f} | {opt - first:+g} | {edge} |")
 
 
