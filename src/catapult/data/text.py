@@ -199,7 +199,10 @@ def get_batch(ids: torch.Tensor, batch_size: int, context: int, *,
         raise ValueError(f"get_batch: a context of {context} needs more than {context} tokens, "
                          f"the text has {ids.shape[0]}")
     starts = torch.randint(ids.shape[0] - context, (batch_size,), generator=generator)
-    windows = ids[starts[:, None] + torch.arange(context + 1)].long()
+    # a slice per window, cast before it is stacked (as windows() does): indexing the uint16 /
+    # uint32 memory map with an index tensor needs that dtype's index kernel, which torch lacks
+    # before 2.3-era uint support; slices and casts work on every version, and cost no more
+    windows = torch.stack([ids[s: s + context + 1].long() for s in starts.tolist()])
     x, y = windows[:, :-1], windows[:, 1:]
     if device is not None:
         x, y = x.to(device), y.to(device)
