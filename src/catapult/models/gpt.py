@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from catapult.parametrize import ParamSpec, check_parametrization, init_variance
-from catapult.arguments import check_densities, check_flag, check_positive_int, check_real, check_seed, check_std
+from catapult.arguments import check_densities, check_flag, check_integer, check_positive_int, check_real, check_seed, check_std
 from catapult.models.options import common_kwargs, config_section
 from catapult.parametrize_state import attach_spec
 from catapult.sparsity import MaskedLinear, kept_density, random_mask
@@ -62,7 +62,12 @@ def sinusoidal_positions(context: int, d_model: int, dtype: torch.dtype | None =
 
     >>> sinusoidal_positions(3, 4, torch.float64)[2, 0].item() == math.sin(2.0)
     True
+    >>> sinusoidal_positions(2.5, 4)
+    Traceback (most recent call last):
+    ValueError: sinusoidal_positions context must be an integer >= 1; got 2.5
     """
+    # 2.5, -1, True: torch.zeros' / arange's words ("zeros() takes 1 positional argument")
+    context, d_model = (check_integer("sinusoidal_positions", label, v) for label, v in (("context", context), ("d_model", d_model)))
     dtype = dtype or torch.get_default_dtype()
     if torch.empty(0).is_meta:  # built under torch.device("meta") (a model-size probe): the shape alone, as
         return torch.empty(context, d_model, dtype=dtype)   # torch's meta arange/exp import torch._dynamo (seconds)
