@@ -212,10 +212,13 @@ def test_readme_command_lines_parse(capsys):
             continue
         for variant in _variants(command):
             args = variant[variant.index("catapult") + 1:]
-            try:
-                parser.parse_args(args)
+            try:   # as `catapult` parses: overrides may follow the options (cli.main)
+                known, extra = parser.parse_known_args(args)
             except SystemExit as exit_:   # `catapult --help` exits 0; a wrong flag or choice exits 2
                 assert exit_.code == 0, (command, args, capsys.readouterr().err)
+            else:
+                overrides = [word for word in extra if "=" in word and not word.startswith("-")]
+                assert extra == overrides and (not extra or hasattr(known, "overrides")), (command, extra)
             parsed.append(args)
     assert len(parsed) >= 20, parsed
     assert ["sweep", "CONFIG", "--store", "runs/s.db", "--executor", "ray"] in parsed, parsed
