@@ -58,7 +58,7 @@ _CONV_OP = re.compile(r"^aten::(_?convolution|conv\d|conv_transpose\d|conv_tbc|\
 
 
 class _ConvSeen(TorchDispatchMode):
-    """Records whether any convolution op runs under it (the probe of :meth:`StackedModel._probe`)."""
+    """Records whether any convolution op runs under it (the probe of :meth:`StackedModel.probe`)."""
 
     def __init__(self):
         super().__init__()
