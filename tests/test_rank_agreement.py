@@ -113,7 +113,27 @@ def test_a_model_of_another_dtype_on_one_rank_is_refused_on_every_rank():
     assert all(torch.equal(p, p.float().double()) for p in model.parameters())   # same values: no fingerprint tells
     for res in on_ranks(dtypes_apart, timeout_s=60.0):
         assert res["sharpness"] == ("distributed=True: the ranks called sharpness with different models or optimizer "
-                                    "states (names, shapes or dtypes); call it with the same on every rank")
+                                    "states (names, shapes, dtypes or which parameters require grad); call it with "
+                                    "the same on every rank")
+
+
+def frozen_on_one_rank(rank, world):
+    model, loss_fn, (x, y) = problem()
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    if rank == 1:
+        model[0].bias.requires_grad_(False)
+    return answers_or_refusals({"sharpness": lambda: catapult.sharpness(model, loss_fn, shard,
+                                                                        distributed=True).value})
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_parameter_frozen_on_one_rank_only_is_refused_on_every_rank():
+    # rank 1's products had 5 entries fewer: their all-reduce aborted gloo (SIGABRT) in one rank's process
+    for res in on_ranks(frozen_on_one_rank, timeout_s=60.0):
+        assert res["sharpness"] == ("distributed=True: the ranks called sharpness with different models or optimizer "
+                                    "states (names, shapes, dtypes or which parameters require grad); call it with "
+                                    "the same on every rank")
 
 
 def test_the_ranks_fingerprint_of_a_tensor_sums_every_chunk():

@@ -107,20 +107,23 @@ def check_same_call(name: str, arguments: dict) -> None:
                 tensors += [(f"the optimizer's {key!r} of parameter {names.get(id(p), '?')!r}", t)
                             for key, t in sorted(optimizer.state.get(p, {}).items()) if torch.is_tensor(t)]
     # each step sizes the next all-reduce alike: the function and its argument names, then the
-    # arguments, then the tensors' names, shapes and dtypes
+    # arguments, then the tensors' names, shapes, dtypes and requires_grad
     if any(_differs([f"{name}({', '.join(settings)})"], device)):
         raise ValueError(f"distributed=True: the ranks called different functions ({name} on this one); call "
                          f"the same on every rank")
     differ = [key for key, apart in zip(settings, _differs([f"{key}={_setting(arguments[key])}" for key in settings],
                                                            device)) if apart]
     if not differ:
-        # (and dtypes: a float32 model on one rank and a float64 one on another, whose parameters held the
-        # same values, passed, and the first product's all-reduce of unlike sizes aborted gloo's process)
+        # (and dtypes, and which parameters are trainable: a float32 model on one rank and a float64 one on
+        # another, whose parameters held the same values, or a parameter frozen on one rank only, passed, and
+        # the first product's all-reduce of unlike sizes aborted gloo's process)
         layout = [";".join(key for key, _ in group_settings) + " "
-                  + ";".join(f"{label}{tuple(t.shape)}{t.dtype}" for label, t in tensors)]
+                  + ";".join(f"{label}{tuple(t.shape)}{t.dtype}{'' if t.requires_grad else ' frozen'}"
+                             for label, t in tensors)]
         if any(_differs(layout, device)):
             raise ValueError(f"distributed=True: the ranks called {name} with different models or optimizer states "
-                             f"(names, shapes or dtypes); call it with the same on every rank")
+                             f"(names, shapes, dtypes or which parameters require grad); call it with the same on "
+                             f"every rank")
         differ = [key for (key, _), apart in zip(group_settings, _differs([f"{k}={v}" for k, v in group_settings],
                                                                           device)) if apart]
     if differ:
