@@ -86,3 +86,28 @@ def test_the_ranks_are_weighted_by_the_targets_the_loss_counts():
             np.testing.assert_allclose(pair, truth[case], rtol=1e-7, err_msg=case)
             # the critical lr's trial losses and gradient are the union's too: one process's search on it
             assert lr == pytest.approx(alone[case], rel=1e-9), case
+
+
+def all_ignored_on_rank_1(rank, world):
+    model, _, x, y, _ = problem("one half")
+    y = torch.tensor([0, 1, 2, 3, 1, -100, -100, -100])
+    shard = (x[:5], y[:5]) if rank == 0 else (x[5:], y[5:])
+    out = {}
+    for name, loss_fn in (("mean", nn.CrossEntropyLoss()), ("sum", nn.CrossEntropyLoss(reduction="sum"))):
+        try:
+            out[name] = catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
+        except ValueError as err:
+            out[name] = str(err)
+    return out
+
+
+def test_a_shard_whose_targets_are_all_ignored_is_refused_for_a_mean_and_summed_for_a_sum():
+    # rank 1's mean over no counted target is nan, and every rank read nan for the union's 0.983
+    model, _, x, _, _ = problem("one half")
+    y = torch.tensor([0, 1, 2, 3, 1, -100, -100, -100])
+    truth = np.linalg.eigvalsh(dense_hessian(model, nn.CrossEntropyLoss(reduction="sum"), (x, y)).numpy())[-1]
+    for res in on_ranks(all_ignored_on_rank_1, timeout_s=120.0):
+        assert res["mean"] == ("distributed=True: the targets of the shard of rank 1 are all -100 (ignored): a mean "
+                               "over the targets that count is nan there; give every rank some targets that count, "
+                               "or use a sum loss")
+        assert res["sum"] == pytest.approx(truth, rel=1e-7)

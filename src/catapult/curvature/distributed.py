@@ -382,18 +382,23 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True, k
     weight = shard_weight(batch, device)
     told = agreed(lambda: (shard_reduction if testable else sharded_shard_reduction)(model, loss_fn, batch),
                   device, collective=not testable)
-    # with each rank's counted targets (a token mean's weights), in the same all-reduce
+    # with each rank's counted targets (a token mean's weights; -1: no integer labels), in the same all-reduce
     rank, counted = dist.get_rank(), counted_targets(batch[1])
-    votes = torch.zeros(4 + dist.get_world_size(), dtype=torch.float64, device=device)
-    votes[:4] = torch.tensor([float(told in ("mean", "counted")), float(told == "sum"), float(told == "counted"),
-                              float(counted is None)], dtype=torch.float64)
-    votes[4 + rank] = float(counted or 0)
-    means, sums, counts_told, uncounted, *counts = all_reduce_sum(votes).tolist()
+    votes = torch.zeros(3 + dist.get_world_size(), dtype=torch.float64, device=device)
+    votes[:3] = torch.tensor([float(told in ("mean", "counted")), float(told == "sum"), float(told == "counted")],
+                             dtype=torch.float64)
+    votes[3 + rank] = float(-1 if counted is None else counted)
+    means, sums, counts_told, *counts = all_reduce_sum(votes).tolist()
     if means and sums:
         raise ValueError("distributed=True: loss_fn is a mean over samples on some ranks' shards and a sum on "
                          "others'; give every rank the same loss")
+    ignored = [r for r, c in enumerate(counts) if c == 0]
+    if ignored and not sums:   # a mean over none of them: nan there, and the union's products nan (0.983 read nan)
+        raise ValueError(f"distributed=True: the targets of the shard of rank{'s' if len(ignored) > 1 else ''} "
+                         f"{', '.join(map(str, ignored))} are all -100 (ignored): a mean over the targets that count "
+                         f"is nan there; give every rank some targets that count, or use a sum loss")
     if counts_told and not sums:
-        if uncounted:
+        if min(counts) < 0:
             raise ValueError("distributed=True: loss_fn leaves out targets of -100 (a mean over the counted targets) "
                              "on some ranks' shards, and other ranks' targets are no tensor of integer labels to "
                              "count; give every rank the same kind of targets")
