@@ -46,7 +46,8 @@ def problem(case):
         y, rows = torch.tensor([0, -100, 2, -100, 1, 3, 0, 2]), 4
     else:   # rank 0's -100 in one half (refused as neither), rank 1's last target -100
         y, rows = torch.tensor([0, -100, 2, 1, 3, 0, 2, -100]), 3
-    loss_fn = {"per sample": per_sample_mean, "sum": nn.CrossEntropyLoss(reduction="sum")}.get(case, nn.CrossEntropyLoss())
+    loss_fn = {"per sample": per_sample_mean, "sum": nn.CrossEntropyLoss(reduction="sum")}.get(
+        case, nn.CrossEntropyLoss())
     return model, loss_fn, x, y, rows
 
 
