@@ -337,3 +337,17 @@ def test_an_output_never_replaces_a_train_runs_own_file(store, tmp_path, capsys,
     assert f"run/{name} is a file of the `catapult train` run in run" in err and len(err.splitlines()) == 1
     assert _files(tmp_path / "run") == before
     assert _train(tmp_path / "tiny.yaml", tmp_path / "run", "--overwrite") == 0
+
+
+def test_a_config_yaml_catapults_reader_refuses_is_not_a_run_output(tmp_path):
+    # a config.yaml is judged by catapult's own YAML reader (config.io.safe_yaml): every section there
+    # but `seed: 010`, which catapult never writes (it dumps 8) and which YAML 1.1 alone reads as 8,
+    # is a user's file; the same file with `seed: 8` reads as a run's
+    from catapult.files import run_output_of_ours
+
+    sections = "name: a\ndata: {}\nmodel: {}\noptimizer: {}\nschedule: {}\ntrain: {}\neval: {}\n"
+    path = tmp_path / "config.yaml"
+    path.write_text(sections + "seed: 8\n")
+    assert run_output_of_ours(path) is True
+    path.write_text(sections + "seed: 010\n")
+    assert run_output_of_ours(path) is False
