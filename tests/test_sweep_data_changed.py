@@ -113,7 +113,7 @@ def test_a_cifar_batch_replaced_before_the_resume_is_refused_by_the_cli(tmp_path
 
 def test_the_digests_are_of_each_distinct_data_once_and_none_for_embedded_data(tmp_path):
     # data_digests: one entry per distinct (data.name, data.root) whose files are yours, the SHA-256
-    # of each file's bytes; the embedded digits have none (no entry, so a store of digits cells keeps none)
+    # of each file's bytes; the embedded digits and Shakespeare have none (no entry: a store of such cells keeps none)
     import hashlib
     from types import SimpleNamespace
 
@@ -126,6 +126,9 @@ def test_the_digests_are_of_each_distinct_data_once_and_none_for_embedded_data(t
     truth = {name: "sha256:" + hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("a.txt", "b.txt")}
     assert data_digests([text, digits, text, text]) == [{"name": "text", "root": str(folder), "files": truth}]
     assert data_digests([digits, digits]) == []
+    # data.name text with no root is the embedded Shakespeare (a package's files, not yours): none either
+    shakespeare = SimpleNamespace(config={"data": {"name": "text", "root": None}})
+    assert data_digests([shakespeare, digits]) == []
 
 
 def test_a_dry_run_on_a_store_without_the_digests_writes_none(tmp_path, capsys):
