@@ -228,6 +228,16 @@ def test_preconditioned_is_the_adam_first_step_operator_and_refused_with_weights
         measure_spectrum(adam, weights=tmp_path / "w.pt", preconditioned=True)
 
 
+def test_preconditioned_radam_is_refused_saying_its_first_steps_have_no_preconditioner():
+    """RAdam is of the Adam family, yet --preconditioned refuses it: its first steps (rho_t <= 5) are
+    un-rectified momentum SGD, with no P. The refusal said only 'needs an Adam-family optimizer (adam,
+    adamw, gi-adam), the config has optimizer.name=radam', which reads as a contradiction."""
+    radam = {**CONFIG, "optimizer": dict(name="radam", lr=1e-2)}
+    with pytest.raises(ConfigError, match="--preconditioned") as err:
+        measure_spectrum(radam, top_k=1, trace_matvecs=0, density_runs=0, preconditioned=True)
+    assert "un-rectified" in str(err.value) and "optimizer.name=radam" in str(err.value)
+
+
 def test_a_plot_name_without_suffix_is_checked_as_the_png_it_writes(tmp_path, capsys):
     # "--plot fig" writes fig.png: a user's fig.png was replaced, and a link fig.png written through
     path = tmp_path / "c.yaml"

@@ -40,8 +40,9 @@ def register(subparsers) -> None:
     p.add_argument("--curvature", choices=("hessian", "ggn"), default="hessian",
                    help="the Hessian (default) or the Gauss-Newton matrix")
     p.add_argument("--preconditioned", action="store_true",
-                   help="Adam-family optimizers: the spectrum of P^-1/2 A P^-1/2 with the "
-                        "optimizer's first-step preconditioner P (at initialisation only)")
+                   help="adam, adamw, gi-adam: the spectrum of P^-1/2 A P^-1/2 with the "
+                        "optimizer's first-step preconditioner P (at initialisation only; radam's "
+                        "first steps are un-rectified, momentum SGD, and have none)")
     p.add_argument("--plot", type=path_option, metavar="FILE",
                    help="write the density figure (PNG unless the suffix says otherwise)")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object (with the "

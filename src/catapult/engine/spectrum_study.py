@@ -287,7 +287,10 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     if preconditioned and config["optimizer"]["name"] not in cfg.PRECONDITIONED_OPTIMIZERS:
         problems.append(("--preconditioned", f"needs an Adam-family optimizer "
                                              f"({', '.join(sorted(cfg.PRECONDITIONED_OPTIMIZERS))}), "
-                                             f"the config has optimizer.name={config['optimizer']['name']}"))
+                                             f"the config has optimizer.name={config['optimizer']['name']}"
+                                             + ("; radam's first steps are un-rectified (momentum SGD) and "
+                                                "have no preconditioner: leave --preconditioned out for "
+                                                "their Hessian" if config["optimizer"]["name"] == "radam" else "")))
     if preconditioned and weights is not None:
         problems.append(("--preconditioned", "cannot go with --weights: the weights file holds no optimizer "
                                              "state, so the preconditioner would be a fresh optimizer's"))
