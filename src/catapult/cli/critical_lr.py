@@ -17,8 +17,8 @@ def register(subparsers) -> None:
         help="critical learning rate at init from a loss catapult (forward passes only), beside 2/lambda_0",
         description="Run the critical-lr search (warmup paper Alg. 1-2) on the config's model at "
                     "initialisation and print lr_c, its bracket and the forward passes, beside "
-                    "2/lambda_0 (and, for Adam-family optimizers, estimates from the pre-conditioned "
-                    "sharpness). Nothing is trained or written.",
+                    "2/lambda_0 (and, for adam, adamw and gi-adam, estimates from the pre-conditioned "
+                    "sharpness; radam's first step has no pre-conditioner). Nothing is trained or written.",
     )
     add_config_arguments(p)
     p.add_argument("--cap", action="store_true", help="stop the search at lr_trgt (as the catapult warmup does)")
