@@ -201,3 +201,46 @@ def test_a_dry_run_for_a_ray_cluster_leaves_the_data_to_its_machines(tmp_path, c
     argv = ["sweep", str(config), "--store", str(store), "--dry-run", "--executor", "ray", "--ray-address", "10.0.0.1:6379"]
     assert main(argv) == 0
     assert f"would resume the sweep in {store} (1 of 3 cells already done)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ({"name": "text", "root": "ROOT", "files": ["a.txt"]}, "has files that are not an object"),
+    ({"name": "text", "root": "ROOT"}, "has files that are not an object"),
+    ("text", "is not an object"),
+    ({"root": "ROOT", "files": {}}, "has no text name"),
+])
+def test_a_damaged_data_json_entry_is_refused_naming_the_store_and_the_row(tmp_path, capsys, entry, problem):
+    # a hand-edited or damaged meta data_json entry was skipped: its data's check was skipped without a word
+    # (the edited corpus below resumed). Like every other damaged row, it is refused (exit 2) naming the store
+    # and the row, before any cell runs
+    import json
+    import sqlite3
+
+    from catapult.cli import main
+    from catapult.sweep.driver import DATA_META
+    from catapult.sweep.store import StoreError
+
+    folder = _text_folder(tmp_path)
+    store = tmp_path / "s.db"
+    _interrupted(_text_config(folder), store)
+    entry = json.loads(json.dumps(entry).replace("ROOT", str(folder)))
+    with sqlite3.connect(store) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps([entry]), DATA_META))
+    conn.close()
+    (folder / "a.txt").write_text("the cat sat on the hat. " * 40)
+    before = store.read_bytes()
+    run_fn = FakeRun()
+    with pytest.raises(StoreError, match=rf"{store} is damaged: meta data_json entry 0 {problem}"):
+        run_sweep(_text_config(folder), parse_sweep(GRID), store, run_fn=run_fn, lambda0_fn=lambda c: 100.0,
+                  progress="none")
+    assert run_fn.calls == []
+    assert store.read_bytes() == before
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"name: t\ndata: {{name: text, root: {folder}, context: 8}}\n"
+                      f"model: {{name: gpt, width: 8, depth: 1, n_heads: 1}}\nloss: cross_entropy\n"
+                      f"train: {{steps: 3, batch_size: 4}}\neval: {{sharpness_every: 0, test_every: 0}}\n"
+                      f"sweep: {{grid: {{optimizer.lr: [1/lambda0, 2/lambda0, 4/lambda0]}}}}\n")
+    assert main(["sweep", str(config), "--store", str(store), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{store} is damaged: meta data_json entry 0 {problem}" in err and "Traceback" not in err
+    assert store.read_bytes() == before

@@ -44,7 +44,7 @@ from catapult import config as cfg
 from catapult.sweep.cell_refusals import refuse_impossible_cells, refuse_missing_data, refuse_sharded_cells
 from catapult.sweep.claims import HEARTBEAT_S, Heartbeat
 from catapult.sweep.progress import PROGRESS_MODES, SweepProgress
-from catapult.sweep.store import DONE_STATUSES, SpecChanged, Store
+from catapult.sweep.store import DONE_STATUSES, SpecChanged, Store, StoreError
 from catapult.sweep.store_rows import json_text
 from catapult.sweep.store_file import identify
 from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads, worker_name
@@ -361,8 +361,16 @@ def check_data(store: Store, digests: list[dict], *, record: bool = False) -> No
                 conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)",
                              (DATA_META, json_text(digests, canonical=True)))
         return
-    stored = {(d.get("name"), d.get("root")): d.get("files") for d in store.json_field(text, f"meta {DATA_META}", list)
-              if isinstance(d, dict)}
+    stored = {}
+    for i, d in enumerate(store.json_field(text, f"meta {DATA_META}", list)):
+        # a hand-edited or damaged entry is refused: skipped, its data's check was skipped without a word
+        problem = ("is not an object" if not isinstance(d, dict) else
+                   "has no text name" if not isinstance(d.get("name"), str) else
+                   "has a root that is neither text nor null" if not isinstance(d.get("root"), (str, type(None))) else
+                   "has files that are not an object" if not isinstance(d.get("files"), dict) else None)
+        if problem:
+            raise StoreError(f"{store.path} is damaged: meta {DATA_META} entry {i} {problem} ({json_text(d)[:60]})")
+        stored[d["name"], d["root"]] = d["files"]
     changes = []
     for entry in digests:
         old = stored.get((entry["name"], entry["root"]))
