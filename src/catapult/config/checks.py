@@ -293,6 +293,9 @@ def _check_wrn_and_augment(config: dict) -> Problems:
             yield ("model.depth", f"wrn depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...); got {depth}")
         if model["density"] != 1.0 or model["base_density"] != 1.0:
             yield ("model.density", "the wrn's convolutions are dense: density and base_density must be 1")
+        if model["channels"] < 2:
+            yield ("model.channels", f"must be >= 2 for the wrn: with {model['channels']}, each pixel's LayerNorm "
+                                     "after the stem normalises one channel to 0 and the output ignores the input")
         if model["activation"] != "relu":
             yield ("model.activation", f"the wrn uses relu; got {model['activation']!r}: set model.activation: relu")
         if model["width"] != _default(ModelConfig, "width"):

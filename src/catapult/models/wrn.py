@@ -161,7 +161,8 @@ class WRN(nn.Module):
         weight_var: ``v_w`` of the convs (2 = He for ReLU).
         init: ``"normal"`` or ``"trunc_normal"``.
         channels: the stem's output channels ``c`` (16 in WRN; the groups are ``c k``, ``2 c k``,
-            ``4 c k`` wide); smaller values give tiny test networks.
+            ``4 c k`` wide); smaller values give tiny test networks, down to 2 (a LayerNorm over
+            one channel returns its bias whatever the input).
 
     Example (WRN-10-1 on 8x8 digits, flat or shaped):
         >>> _ = torch.manual_seed(0)
@@ -185,6 +186,9 @@ class WRN(nn.Module):
         for label, value in (("in_channels", in_channels), ("num_classes", num_classes), ("widen", widen),
                              ("channels", channels)):
             check_positive_int("WRN", label, value)
+        if int(channels) < 2:   # LN over one channel is its bias: the network ignored its input, silently
+            raise ValueError(f"WRN channels must be >= 2: with {channels!r}, each pixel's LayerNorm after the stem "
+                             f"normalises one channel to 0, so the network's output does not depend on its input")
         if norm != "layer":
             raise ValueError(f"WRN norm must be 'layer' (LayerNorm in place of BatchNorm); got {norm!r}")
         if init not in INIT_DISTRIBUTIONS:
