@@ -136,6 +136,30 @@ def test_a_parameter_frozen_on_one_rank_only_is_refused_on_every_rank():
                                     "the same on every rank")
 
 
+def optimizers_over_other_parameters(rank, world):
+    """Rank 0's optimizer holds every parameter, rank 1's those of the last layer."""
+    model, loss_fn, (x, y) = problem()
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    params = list(model.parameters()) if rank == 0 else list(model[2].parameters())
+    return answers_or_refusals({
+        "critical_lr": lambda: catapult.critical_lr(model, loss_fn, shard, torch.optim.SGD(params, lr=0.1),
+                                                    lr_start=1e-3, distributed=True).lr,
+        "preconditioned_sharpness": lambda: catapult.preconditioned_sharpness(
+            model, loss_fn, shard, torch.optim.SGD(params, lr=0.1), scale_by_group_lr=True, distributed=True).value})
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_optimizers_over_other_parameters_on_the_ranks_are_refused_on_every_rank():
+    # the ranks' trial steps and pre-conditioners moved other parameters: they waited in unpaired
+    # collectives until the group's timeout (gloo's default: 30 minutes)
+    for res in on_ranks(optimizers_over_other_parameters, timeout_s=60.0):
+        for name in ("critical_lr", "preconditioned_sharpness"):
+            assert res[name] == (f"distributed=True: {name}'s optimizer's parameters (param group 0) differs between "
+                                 f"the ranks; pass the same on every rank (the ranks would run different "
+                                 f"collectives)"), name
+
+
 def test_the_ranks_fingerprint_of_a_tensor_sums_every_chunk():
     # (sum |t|, sum t, sum t^2) in float64 over chunks of FINGERPRINT_CHUNK entries (mutation pass
     # 6, RA5: the last chunk's sums alone, so ranks apart in the first 2^20 entries of a parameter

@@ -103,6 +103,12 @@ def check_same_call(name: str, arguments: dict) -> None:
         for g, group in enumerate(optimizer.param_groups):
             group_settings += [(f"optimizer's {key} (param group {g})", _setting(value))
                                for key, value in sorted(group.items()) if key != "params"]
+            # which parameters the group holds (an optimizer over another subset on one rank: its trial steps
+            # and pre-conditioner moved other parameters, and the ranks waited in unpaired collectives until
+            # the group's timeout), spelt by their count and a checksum of their names
+            members = ",".join(names.get(id(p), "?") for p in group["params"])
+            group_settings.append((f"optimizer's parameters (param group {g})",
+                                   f"{len(group['params'])}:{zlib.crc32(members.encode())}"))
             for p in group["params"]:
                 tensors += [(f"the optimizer's {key!r} of parameter {names.get(id(p), '?')!r}", t)
                             for key, t in sorted(optimizer.state.get(p, {}).items()) if torch.is_tensor(t)]
