@@ -20,13 +20,15 @@ import torch
 from catapult.curvature.microbatch import sample_count, sample_count_or_none, sample_device, sample_index, \
     sample_rows, shares_samples
 from catapult.curvature.samples import block_rows, sample_leaves
+from catapult.losses import IGNORE_INDEX
 
 __all__ = ["halves", "shard_reduction", "sharded_shard_reduction", "nudged_parameters", "counted_targets",
            "leaves_ignored_out"]
 
 #: torch's ``ignore_index`` (``F.cross_entropy``, ``F.nll_loss``) and Hugging Face's label padding:
-#: a target equal to it counts for nothing in a token mean
-IGNORED = -100
+#: a target equal to it counts for nothing in a token mean (:data:`catapult.losses.IGNORE_INDEX`, the
+#: one the engine's accuracy and counts leave out)
+IGNORED = IGNORE_INDEX
 
 
 def halves(x, y) -> tuple:
