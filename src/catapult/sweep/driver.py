@@ -367,7 +367,9 @@ def check_data(store: Store, digests: list[dict], *, record: bool = False) -> No
         problem = ("is not an object" if not isinstance(d, dict) else
                    "has no text name" if not isinstance(d.get("name"), str) else
                    "has a root that is neither text nor null" if not isinstance(d.get("root"), (str, type(None))) else
-                   "has files that are not an object" if not isinstance(d.get("files"), dict) else None)
+                   "has files that are not an object" if not isinstance(d.get("files"), dict) else
+                   "has a file digest that is not text" if not all(isinstance(v, str) for v in d["files"].values())
+                   else None)
         if problem:
             raise StoreError(f"{store.path} is damaged: meta {DATA_META} entry {i} {problem} ({json_text(d)[:60]})")
         stored[d["name"], d["root"]] = d["files"]
