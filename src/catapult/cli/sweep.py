@@ -103,7 +103,7 @@ def register(subparsers) -> None:
     p.add_argument("--metric", default="test_accuracy", type=_plot_metric, metavar="METRIC",
                    help="cell value (default: final test_accuracy): test_accuracy, test_loss, train_loss, "
                         "train_accuracy, sharpness, best_test_accuracy, best_test_loss, best_train_loss, lambda_0, "
-                        "lr_target, wall_time_s, or the last logged eig_<i> / hessian_trace of sweeps that log "
+                        "lr_target, wall_time_s, peak_sharpness (the run's largest sharpness, from its summary), or the last logged eig_<i> / hessian_trace of sweeps that log "
                         "the spectrum (eval.spectrum_top_k, eval.trace_matvecs)")
     p.add_argument("--x", metavar="KEY", help="swept key on the x axis (default: optimizer.lr)")
     p.add_argument("--y", metavar="KEY", help="swept key on the y axis (default: schedule.warmup_steps)")
@@ -449,7 +449,7 @@ def _plot_command(args: argparse.Namespace) -> int:
 
     from catapult.engine.records import is_spectrum_column, spectrum_setting
     from catapult.sweep.store import Store, StoreError
-    from catapult.sweep.store_export import last_spectrum, sharpness_mark
+    from catapult.sweep.store_export import last_spectrum, peak_sharpness, sharpness_mark
 
     store_path = Path(args.store)
     try:
@@ -463,12 +463,15 @@ def _plot_command(args: argparse.Namespace) -> int:
                                          f"(it needs {spectrum_setting(args.metric)})")
             elif args.metric == "sharpness":  # whether each final sharpness' solve converged
                 cells = [{**cell, **sharpness_mark(store, cell)} for cell in cells]
+            elif args.metric == "peak_sharpness":  # a summary value (and its solve's mark), as the export gives it
+                cells = [{**cell, **peak_sharpness(cell)} for cell in cells]
             grid = phase_grid(cells, axes, args.metric, args.x, args.y, where=where_values(args.where, axes))
             if not np.isfinite(grid.values).any() and not any(
                     s in ("diverged", "failed") for row in grid.status for s in row):
                 # an empty grid with a made-up 0..1 colour bar is no figure of the store
                 return _fail("plot", f"no cell of {store_path} has a value of {args.metric}"
-                                     + (" (it needs eval.sharpness_every > 0)" if args.metric == "sharpness" else ""))
+                                     + (" (it needs eval.sharpness_every > 0)"
+                                        if args.metric in ("sharpness", "peak_sharpness") else ""))
             ids = args.cells if args.cells else default_trajectory_cells(cells, args.metric)
             known = {c["id"]: c for c in cells}
             missing = [i for i in ids if i not in known]

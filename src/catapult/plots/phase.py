@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 # measures of the set-up, of curvature or of cost, not objectives: no cell of theirs is "best"
-_NO_OPTIMUM = ("lambda_0", "lr_target", "sharpness", "wall_time_s")
+_NO_OPTIMUM = ("lambda_0", "lr_target", "sharpness", "peak_sharpness", "wall_time_s")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -94,13 +94,18 @@ class PhaseGrid:
 
 def convergence_mark(metric: str) -> str | None:
     """The cell key marking whether the solve behind ``metric``'s value converged: ``sharpness``'s
-    ``sharpness_converged``, an ``eig_<i>``'s ``eig_converged``; None for other metrics.
+    ``sharpness_converged``, ``peak_sharpness``'s ``peak_sharpness_converged``, an ``eig_<i>``'s
+    ``eig_converged``; None for other metrics.
 
-    >>> convergence_mark("sharpness"), convergence_mark("eig_2"), convergence_mark("test_loss")
-    ('sharpness_converged', 'eig_converged', None)
+    >>> convergence_mark("sharpness"), convergence_mark("peak_sharpness"), convergence_mark("eig_2")
+    ('sharpness_converged', 'peak_sharpness_converged', 'eig_converged')
+    >>> convergence_mark("test_loss") is None
+    True
     """
     if metric == "sharpness":
         return SHARPNESS_CONVERGED_COLUMN
+    if metric == "peak_sharpness":
+        return "peak_sharpness_converged"  # the export's column (catapult.sweep.store_export)
     return EIG_CONVERGED_COLUMN if is_spectrum_column(metric) and metric.startswith("eig_") else None
 
 

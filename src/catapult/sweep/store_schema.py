@@ -39,7 +39,7 @@ claims tables); a reader of a store without them reads NULL (unknown) for them.
 from __future__ import annotations
 
 __all__ = ["SCHEMA_VERSION", "ADDED_COLUMNS", "STATUSES", "DONE_STATUSES", "FINAL_METRICS", "BEST_METRICS", "TRANSFER_METRICS", "METRIC_COLUMNS", "DDL",
-           "STORE_COLUMNS", "PLOT_METRICS", "check_plot_metric"]
+           "STORE_COLUMNS", "PLOT_METRICS", "SUMMARY_PLOT_METRICS", "check_plot_metric"]
 
 SCHEMA_VERSION = 1
 #: Every status a cell can have. ``pending``/``running`` cells are (re)done by a resume;
@@ -59,6 +59,9 @@ TRANSFER_METRICS = ("test_loss", "train_loss", "best_test_loss", "best_train_los
 PLOT_METRICS = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "sharpness",
                 "best_test_accuracy", "best_test_loss", "best_train_loss", "lambda_0", "lr_target",
                 "wall_time_s")
+#: Values of a cell's summary (not ``cells`` columns) a phase diagram can show too, as the export does:
+#: ``peak_sharpness``, the largest finite sharpness of the run (``catapult plot --metric``).
+SUMMARY_PLOT_METRICS = ("peak_sharpness",)
 #: Per-step columns of the ``metrics`` table (the engine's ``METRIC_COLUMNS``).
 METRIC_COLUMNS = ("step", "lr", "threshold", "train_loss", "train_accuracy", "sharpness",
                   "sharpness_matvecs", "test_loss", "test_accuracy")
@@ -109,7 +112,8 @@ STORE_COLUMNS = {
 
 
 def check_plot_metric(metric: str) -> str:
-    """``metric`` if a phase diagram can show it: one of :data:`PLOT_METRICS`, or a spectrum
+    """``metric`` if a phase diagram can show it: one of :data:`PLOT_METRICS` or
+    :data:`SUMMARY_PLOT_METRICS`, or a spectrum
     column (``eig_<i>``, ``hessian_trace``: the last value a cell logged, with
     ``eval.spectrum_top_k`` / ``eval.trace_matvecs``); else ``ValueError`` naming the choices.
     Here, not in :mod:`catapult.plots.phase`: ``catapult plot`` checks its ``--metric`` (the default
@@ -120,10 +124,11 @@ def check_plot_metric(metric: str) -> str:
     >>> check_plot_metric("eig_0")
     Traceback (most recent call last):
     ...
-    ValueError: unknown metric 'eig_0'; allowed: test_accuracy, test_loss, train_loss, train_accuracy, sharpness, best_test_accuracy, best_test_loss, best_train_loss, lambda_0, lr_target, wall_time_s, eig_<i> (i >= 1), hessian_trace
+    ValueError: unknown metric 'eig_0'; allowed: test_accuracy, test_loss, train_loss, train_accuracy, sharpness, best_test_accuracy, best_test_loss, best_train_loss, lambda_0, lr_target, wall_time_s, peak_sharpness, eig_<i> (i >= 1), hessian_trace
     """
     from catapult.engine.records import is_spectrum_column  # here: the store's modules import no records
 
-    if metric in PLOT_METRICS or is_spectrum_column(metric):
+    if metric in PLOT_METRICS or metric in SUMMARY_PLOT_METRICS or is_spectrum_column(metric):
         return metric
-    raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(PLOT_METRICS)}, eig_<i> (i >= 1), hessian_trace")
+    raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(PLOT_METRICS + SUMMARY_PLOT_METRICS)}, "
+                     f"eig_<i> (i >= 1), hessian_trace")
