@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import catapult
 from dense_curvature import dense_hessian
 from gloo_ranks import on_ranks
+from torch_features import FSDP2
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 
@@ -112,3 +113,32 @@ def test_a_shard_whose_targets_are_all_ignored_is_refused_for_a_mean_and_summed_
                                "over the targets that count is nan there; give every rank some targets that count, "
                                "or use a sum loss")
         assert res["sum"] == pytest.approx(truth, rel=1e-7)
+
+
+def sharded_measures(rank, world):
+    from torch.distributed.fsdp import fully_shard
+
+    out = {}
+    for case in CASES:
+        model, loss_fn, x, y, rows = problem(case)
+        fully_shard(model[0])
+        fully_shard(model)
+        shard = (x[:rows], y[:rows]) if rank == 0 else (x[rows:], y[rows:])
+        try:
+            out[case] = catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
+        except ValueError as err:
+            out[case] = str(err)
+    return out
+
+
+@FSDP2
+def test_a_sharded_model_weighs_the_ranks_by_the_targets_the_loss_counts():
+    # a model sharded by FSDP2 tells the loss from its output's rows: weighted by samples, 0.896 for the
+    # union's 1.134, and the other -100 layouts refused
+    truth = {}
+    for case in CASES:
+        model, loss_fn, x, y, _ = problem(case)
+        truth[case] = np.linalg.eigvalsh(dense_hessian(model, loss_fn, (x, y)).numpy())[-1]
+    for res in on_ranks(sharded_measures, timeout_s=120.0):
+        for case in CASES:
+            assert res[case] == pytest.approx(truth[case], rel=1e-7), case

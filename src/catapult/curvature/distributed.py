@@ -12,9 +12,9 @@ over samples ``w_r = 1``. Each rank tells which from its shard's halves (:func:`
 a loss that is neither is refused. A token mean whose counted tokens per sample differ between
 the ranks (padding masked by ``ignore_index`` on one rank only) is weighted by the ranks' counted
 targets where the targets are integer labels and the ignored ones are -100 (torch's and Hugging Face's:
-:func:`~catapult.curvature.shard_reduction.leaves_ignored_out`; not with a model sharded by FSDP2);
-with another ``ignore_index`` it looks like a mean on each rank but is weighted per sample: give
-every rank the same share of counted tokens, or a loss that sums per-token terms.
+:func:`~catapult.curvature.shard_reduction.leaves_ignored_out`; with a model sharded by FSDP2 where
+its output has sample rows); with another ``ignore_index`` it looks like a mean on each rank but is
+weighted per sample: give every rank the same share of counted tokens, or a loss that sums per-token terms.
 
 Anything one rank refuses (a kink in its finite differences, a micro-batch split, its start
 vector) stops every rank with an error (:func:`agreed`, :func:`agreed_gap`): left to itself,

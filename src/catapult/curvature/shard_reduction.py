@@ -258,6 +258,7 @@ def _reduction_of_rows(out, loss_fn, x, y, failed: Exception | None) -> str | No
                          f"halves of this rank's shard, on which the model's forward fails ({failed}; a "
                          f"state shaped by the batch?), and its outputs and targets have no sample rows (dim 0) to "
                          f"halve instead: return them with the samples first")
+    targets = y
     rows, y, pieces, what = halves(torch.arange(n, device=sample_device(out)), y)
     # the output's floating tensors are the "parameters" reduction_kind may nudge (a loss that is 0 here)
     # (walked as the batches are: torch's pytree took a UserDict, a dict subclass or a dataclass output for
@@ -271,8 +272,12 @@ def _reduction_of_rows(out, loss_fn, x, y, failed: Exception | None) -> str | No
         return loss_fn(sample_index(tree, idx), ys)
 
     dtype = next(iter(floating.values())).dtype if floating else torch.float64
-    _, kind, shown = reduction_kind(loss_at, floating, rows, y, pieces, dtype)
-    return _told(kind, shown, what)
+    # a token mean that leaves -100 targets out, told from the output's rows as an unsharded model's
+    counted = leaves_ignored_out(loss_at, floating, torch.arange(n, device=sample_device(out)), targets, dtype)
+    sizes = [counted_targets(yc) for _, yc in pieces] if counted else None
+    _, kind, shown = reduction_kind(loss_at, floating, rows, y, pieces, dtype, sizes=sizes)
+    told = _told(kind, shown, what)
+    return "counted" if counted and told == "mean" else told
 
 
 def shard_reduction(model, loss_fn, batch) -> str | None:
