@@ -166,7 +166,8 @@ class ModelConfig(Section):
         4, description="wrn only: widen factor k (group widths 16k, 32k, 64k)", json_schema_extra=_added())
     channels: Annotated[int, integer(low=1)] = Field(
         16, description="wrn only: base channels c, the stem's output (the paper's WRN: 16; group widths "
-                        "c k, 2 c k, 4 c k; smaller values give small test networks)", json_schema_extra=_added())
+                        "c k, 2 c k, 4 c k; smaller values give small test networks, down to 2: a LayerNorm over one channel "
+                        "ignores the input)", json_schema_extra=_added())
     parametrization: Annotated[Parametrization, choice()] = Field(
         "mup", description="init and multiplier rules; supar_init / supar_lr are the SμPar "
                            "ablations (SμPar init + muP lr / muP init + SμPar lr)")
