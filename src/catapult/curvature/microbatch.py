@@ -253,7 +253,9 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     samples and the whole batch's loss (``nan`` when it was not needed: one piece).
 
     ``loss_at(params, inputs, targets)`` is the operator's loss. The weights are ``|B_k| / |B|``
-    when the whole batch's loss equals the pieces' weighted mean, ``1`` when it equals their sum
+    when the whole batch's loss equals the pieces' weighted mean (for a token mean that leaves integer
+    targets of -100 out, as ``F.cross_entropy``, their counted targets' share instead, a piece of -100
+    alone left out: :func:`~catapult.curvature.shard_reduction.leaves_ignored_out`), ``1`` when it equals their sum
     (to ``400 eps`` relative, at least ``1e-9``, at most 2%: ``5e-5`` in float32; where the loss is 0,
     both would, and the test is made again at parameters nudged by 1%); any other loss is refused, and so are
     train-mode BatchNorm and dropout (:func:`batch_coupling`). ``inputs`` and ``targets`` are tensors,
@@ -296,8 +298,14 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
                                 f"{coupling_remedy(model.get_submodule(coupled[0]))}use {instead}", key)
     pieces = [(sample_rows(x, i, i + chunk_size), sample_rows(y, i, i + chunk_size)) for i in range(0, n, chunk_size)]
     mean_w = [min(chunk_size, n - i) / n for i in range(0, n, chunk_size)]
+    # a token mean that leaves -100 targets out (F.cross_entropy's) weighs the pieces by their counted
+    # targets, as distributed=True weighs the ranks: by their samples it was refused as neither a mean
+    # nor a sum (-100 unevenly across the pieces), and a piece of -100 alone is left out (its loss nan)
+    from catapult.curvature.shard_reduction import counted_targets, leaves_ignored_out
+    with torch.no_grad():
+        sizes = [counted_targets(yc) for _, yc in pieces] if leaves_ignored_out(loss_at, params, x, y, dtype) else None
     try:
-        full, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
+        full, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype, sizes=sizes)
     except PieceFailed as err:   # (torch's raw error, about a hidden size the user never set, in its text)
         raise MicroBatchRefused(f"{option}: the model's forward runs on the whole batch of {n} but fails on a "
                                 f"micro-batch ({err}), as where it carries a state shaped by the batch; use {instead}",
@@ -309,5 +317,7 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
         raise MicroBatchRefused(f"{option}: loss_fn is neither a mean nor a sum over samples ({shown}), or the "
                                 f"model draws masks in its forward (F.dropout in train mode) or couples samples; "
                                 f"use {instead}", key)
+    if kind == "mean" and sizes is not None:
+        return [(xc, yc, k / sum(sizes)) for (xc, yc), k in zip(pieces, sizes) if k], full
     weights = mean_w if kind == "mean" else [1.0] * len(pieces)
     return [(xc, yc, w) for (xc, yc), w in zip(pieces, weights)], full
