@@ -7,12 +7,18 @@ smallest width). Cells that diverged or failed count as +inf loss; a seed with n
 in a row has no optimum and is left out of that row (named there). Prints one Markdown table.
 
     python bench/study_supar_bpe.py runs/bpe/lr_main.csv [runs/bpe/lr_abl.csv] --x optimizer.lr --series model.density
+
+The init-std sweep (``init_std.csv``) has no ``optimizer.lr`` column: pass ``--x model.init_std``;
+the width sweep (``width.csv``) has no ``model.density``: pass ``--series model.width``. A file
+without a column the options name, or with a value there that is not a number, is refused with
+one line naming the file, the column and the columns it has (exit 2).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import math
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -26,14 +32,40 @@ def _num(v: str) -> float:
     return x if math.isfinite(x) else math.inf
 
 
+class CsvRefused(ValueError):
+    """A CSV that lacks a column the options name, or holds a value there that is not a number."""
+
+
+def _float(v: str, path, line: int, key: str) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise CsvRefused(f"{path}, line {line}: {key} is {v!r}, not a number") from None
+
+
 def load(paths, x_key, series_key, panel_key, metric):
-    """``{panel: {series: {seed: {x: metric}}}}``."""
+    """``{panel: {series: {seed: {x: metric}}}}``. A file without one of the columns named (x,
+    series, panel, metric, ``seed``, ``status``) or with a non-number in x, series or seed raises
+    :class:`CsvRefused` naming the file (and the line), before the table is printed."""
     out = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    needed = {x_key: "--x", series_key: "--series", panel_key: "--panel", metric: "--metric",
+              "seed": None, "status": None}
     for path in paths:
         with open(path, newline="") as f:
-            for row in csv.DictReader(f):
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [k for k in needed if k not in header]
+            if missing:
+                named = ", ".join(f"{k!r}" + (f" ({needed[k]})" if needed[k] else "") for k in missing)
+                swept = ", ".join(k for k in header if "." in k) or "none"
+                raise CsvRefused(f"{path}: no column {named}; its config columns: {swept}")
+            for line, row in enumerate(reader, start=2):
                 value = _num(row[metric]) if row["status"] == "finished" else math.inf
-                out[row[panel_key]][float(row[series_key])][int(row["seed"])][float(row[x_key])] = value
+                seed = _float(row["seed"], path, line, "seed")
+                if not math.isfinite(seed) or seed != int(seed):
+                    raise CsvRefused(f"{path}, line {line}: seed is {row['seed']!r}, not a whole number")
+                out[row[panel_key]][_float(row[series_key], path, line, series_key)][int(seed)][
+                    _float(row[x_key], path, line, x_key)] = value
     return out
 
 
@@ -68,7 +100,11 @@ def main() -> None:
     ap.add_argument("--metric", default="test_loss")
     ap.add_argument("--descending", action="store_true", help="series in descending order (density 1 first)")
     args = ap.parse_args()
-    data = load(args.csv, args.x, args.series, args.panel, args.metric)
+    try:
+        data = load(args.csv, args.x, args.series, args.panel, args.metric)
+    except (CsvRefused, OSError) as err:
+        print(f"study_supar_bpe.py: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"| {args.panel} | {args.series} | optimum of the seed-mean curve | loss there (mean ± std) | "
           f"per-seed optima (log2) | their mean ± std (log2) | shift of the mean-curve optimum (log2) | edge |")
     print("|---|---|---|---|---|---|---|---|")
