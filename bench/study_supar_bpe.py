@@ -11,7 +11,9 @@ in a row has no optimum and is left out of that row (named there). Prints one Ma
 The init-std sweep (``init_std.csv``) has no ``optimizer.lr`` column: pass ``--x model.init_std``;
 the width sweep (``width.csv``) has no ``model.density``: pass ``--series model.width``. A file
 without a column the options name, or with a value there that is not a number, is refused with
-one line naming the file, the column and the columns it has (exit 2).
+one line naming the file, the column and the columns it has (exit 2); so is a cell (panel,
+series, seed, x) met twice with two losses, which means the rows vary a column not named (the
+proxy searches' alpha_in, init_std, ...): before, the last row silently won.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ def _float(v: str, path, line: int, key: str) -> float:
 
 def load(paths, x_key, series_key, panel_key, metric):
     """``{panel: {series: {seed: {x: metric}}}}``. A file without one of the columns named (x,
-    series, panel, metric, ``seed``, ``status``) or with a non-number in x, series or seed raises
+    series, panel, metric, ``seed``, ``status``), with a non-number in x, series or seed, or
+    with one cell met twice with two losses raises
     :class:`CsvRefused` naming the file (and the line), before the table is printed."""
     out = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     needed = {x_key: "--x", series_key: "--series", panel_key: "--panel", metric: "--metric",
@@ -64,8 +67,14 @@ def load(paths, x_key, series_key, panel_key, metric):
                 seed = _float(row["seed"], path, line, "seed")
                 if not math.isfinite(seed) or seed != int(seed):
                     raise CsvRefused(f"{path}, line {line}: seed is {row['seed']!r}, not a whole number")
-                out[row[panel_key]][_float(row[series_key], path, line, series_key)][int(seed)][
-                    _float(row[x_key], path, line, x_key)] = value
+                panel, series = row[panel_key], _float(row[series_key], path, line, series_key)
+                x = _float(row[x_key], path, line, x_key)
+                cell = out[panel][series][int(seed)]
+                if x in cell and cell[x] != value:
+                    raise CsvRefused(f"{path}, line {line}: {panel_key} {panel}, {series_key} {series:g}, seed "
+                                     f"{int(seed)}, {x_key} {x:g} met again with {metric} {value} (was "
+                                     f"{cell[x]}): the rows vary another column too; give one sweep's rows")
+                cell[x] = value
     return out
 
 

@@ -74,3 +74,35 @@ def test_a_value_that_is_not_a_number_is_refused_naming_the_line(tmp_path, monke
     err = capsys.readouterr().err.strip()
     assert err == f"study_supar_bpe.py: {tmp_path / 'init_std.csv'}, line 5: model.density is '', not a number"
 
+
+
+# the header of bench/supar_bpe/init_std_per_density_width256.csv: lr and init std both vary
+PER_DENSITY = INIT_STD[:3] + ["optimizer.lr"] + INIT_STD[3:]
+
+
+def test_rows_that_vary_a_column_not_named_are_refused(tmp_path, monkeypatch, capsys):
+    """Before, the last of two rows with one (panel, density, seed, lr) silently won: here the
+    init std 0.05 row (loss 3.9) hid the 0.025 one (3.4), and the table read 3.900 at 2^-10."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    study = bench_module("study_supar_bpe")
+    rows = [{"cell_id": i, "model.parametrization": "sp", "model.density": 1.0, "optimizer.lr": 2.0 ** -10,
+             "model.init_std": std, "seed": 0, "status": "finished", "test_loss": loss}
+            for i, (std, loss) in enumerate(((0.025, 3.4), (0.05, 3.9)))]
+    for name, part in (("a.csv", rows), ("b.csv", rows[:1]), ("c.csv", rows[:1])):
+        with open(tmp_path / name, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=PER_DENSITY)
+            writer.writeheader()
+            writer.writerows(part)
+    with pytest.raises(SystemExit) as exc:
+        _run(monkeypatch, study, tmp_path / "a.csv")
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().splitlines() == [
+        f"study_supar_bpe.py: {tmp_path / 'a.csv'}, line 3: model.parametrization sp, model.density 1, seed 0, "
+        "optimizer.lr 0.000976562 met again with test_loss 3.9 (was 3.4): the rows vary another column too; "
+        "give one sweep's rows"]
+    # the same cell with the same loss in two files (a rerun reproduced bit for bit) is one cell
+    _run(monkeypatch, study, tmp_path / "b.csv", tmp_path / "c.csv")
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| sp |")).split(" | ")
+    assert row[2] == "2^-10" and row[3] == "3.400 ± nan" and row[4] == "-10"
