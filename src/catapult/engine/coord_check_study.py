@@ -289,6 +289,7 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
     data = train.load_data(config, device, dtype)
     steps = spec["steps"]
     stream = train.batch_stream(config, data)   # catapult train's batch order and data.augment
+    _check_batches_fit(stream, steps, device)
     batches = [stream.batch(t) for t in range(steps)]
     loss_fn = get_loss(config["loss"])
     lr = cfg.parse_lr(config["optimizer"]["lr"]).value
@@ -318,6 +319,37 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
         with made_out_dir(out):
             _write_results(out, config, spec, rows, panels, plot_coord_check)
     return rows
+
+
+def _machine_memory(device) -> int | None:
+    """Total memory of ``device`` in bytes (the machine's RAM for the CPU); None where unknown."""
+    import os
+
+    import torch
+
+    try:
+        if torch.device(device).type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
+
+
+def _check_batches_fit(stream, steps: int, device) -> None:
+    """A ConfigError naming ``coord_check.steps`` where the ``steps`` batches the check keeps (every
+    model trains on the same ones) would take more than the device's memory: coord_check.steps=1e9
+    (the engine's step limit) was 'accepted' and then filled the RAM building batches (10 GB and
+    growing) before the first model, until the kernel killed it. A full-batch stream keeps one."""
+    if steps < 2 or getattr(stream, "batch_size", 0) is None:   # full batch: the same tensors every step
+        return
+    x, y = stream.batch(0)   # batch 0 is taken again next (a stream goes forward: batch(1) first refused it)
+    per_batch = sum(t.numel() * t.element_size() for t in (x, y) if hasattr(t, "numel"))
+    have = _machine_memory(device)
+    if have is not None and per_batch * steps > have // 2:
+        raise cfg.ConfigError([("coord_check.steps", f"{steps} steps keep {steps} batches of {per_batch} bytes "
+                                                     f"({per_batch * steps / 2 ** 30:.3g} GiB), more than half of "
+                                                     f"this machine's memory ({have / 2 ** 30:.3g} GiB); "
+                                                     f"a coordinate check needs a few steps (e.g. 10)")])
 
 
 def _write_results(out: Path, config, spec, rows: list[dict], panels: str, plot_coord_check) -> None:
