@@ -105,6 +105,11 @@ def dtypes_apart(rank, world):
                                                                         distributed=True).value})
 
 
+#: What every rank raises when the ranks' model or optimizer layouts differ (the collectives' sizes would)
+LAYOUT_REFUSAL = ("distributed=True: the ranks called sharpness with different models or optimizer states (names, "
+                  "shapes, dtypes or which parameters require grad); call it with the same on every rank")
+
+
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_a_model_of_another_dtype_on_one_rank_is_refused_on_every_rank():
     # the first product's all-reduce of float64 on rank 0 and float32 on rank 1 aborted gloo (SIGABRT,
@@ -112,9 +117,7 @@ def test_a_model_of_another_dtype_on_one_rank_is_refused_on_every_rank():
     model = problem()[0]
     assert all(torch.equal(p, p.float().double()) for p in model.parameters())   # same values: no fingerprint tells
     for res in on_ranks(dtypes_apart, timeout_s=60.0):
-        assert res["sharpness"] == ("distributed=True: the ranks called sharpness with different models or optimizer "
-                                    "states (names, shapes, dtypes or which parameters require grad); call it with "
-                                    "the same on every rank")
+        assert res["sharpness"] == LAYOUT_REFUSAL
 
 
 def frozen_on_one_rank(rank, world):
@@ -131,9 +134,7 @@ def frozen_on_one_rank(rank, world):
 def test_a_parameter_frozen_on_one_rank_only_is_refused_on_every_rank():
     # rank 1's products had 5 entries fewer: their all-reduce aborted gloo (SIGABRT) in one rank's process
     for res in on_ranks(frozen_on_one_rank, timeout_s=60.0):
-        assert res["sharpness"] == ("distributed=True: the ranks called sharpness with different models or optimizer "
-                                    "states (names, shapes, dtypes or which parameters require grad); call it with "
-                                    "the same on every rank")
+        assert res["sharpness"] == LAYOUT_REFUSAL
 
 
 def optimizers_over_other_parameters(rank, world):

@@ -24,6 +24,14 @@ def _text_config(root) -> dict:
                          "eval": {"sharpness_every": 0, "test_every": 0}})
 
 
+def _text_sweep_yaml(folder) -> str:
+    """The YAML of a sweep of :func:`_text_config` over three lrs, as a user writes it."""
+    return (f"name: t\ndata: {{name: text, root: {folder}, context: 8}}\n"
+            f"model: {{name: gpt, width: 8, depth: 1, n_heads: 1}}\nloss: cross_entropy\n"
+            f"train: {{steps: 3, batch_size: 4}}\neval: {{sharpness_every: 0, test_every: 0}}\n"
+            f"sweep: {{grid: {{optimizer.lr: [1/lambda0, 2/lambda0, 4/lambda0]}}}}\n")
+
+
 def _cifar_config(root) -> dict:
     return cfg.validate({"name": "t", "data": {"name": "cifar10", "root": str(root)}, "train": {"steps": 3},
                          "eval": {"sharpness_every": 0}})
@@ -146,10 +154,7 @@ def test_a_dry_run_on_a_store_without_the_digests_writes_none(tmp_path, capsys):
         conn.execute("DELETE FROM meta WHERE key = ?", (DATA_META,))
     conn.close()
     config = tmp_path / "sweep.yaml"
-    config.write_text(f"name: t\ndata: {{name: text, root: {folder}, context: 8}}\n"
-                      f"model: {{name: gpt, width: 8, depth: 1, n_heads: 1}}\nloss: cross_entropy\n"
-                      f"train: {{steps: 3, batch_size: 4}}\neval: {{sharpness_every: 0, test_every: 0}}\n"
-                      f"sweep: {{grid: {{optimizer.lr: [1/lambda0, 2/lambda0, 4/lambda0]}}}}\n")
+    config.write_text(_text_sweep_yaml(folder))
     assert main(["sweep", str(config), "--store", str(store), "--dry-run"]) == 0
     assert "would resume the sweep" in capsys.readouterr().out
     with Store(store, create=False) as s:
@@ -237,10 +242,7 @@ def test_a_damaged_data_json_entry_is_refused_naming_the_store_and_the_row(tmp_p
     assert run_fn.calls == []
     assert store.read_bytes() == before
     config = tmp_path / "sweep.yaml"
-    config.write_text(f"name: t\ndata: {{name: text, root: {folder}, context: 8}}\n"
-                      f"model: {{name: gpt, width: 8, depth: 1, n_heads: 1}}\nloss: cross_entropy\n"
-                      f"train: {{steps: 3, batch_size: 4}}\neval: {{sharpness_every: 0, test_every: 0}}\n"
-                      f"sweep: {{grid: {{optimizer.lr: [1/lambda0, 2/lambda0, 4/lambda0]}}}}\n")
+    config.write_text(_text_sweep_yaml(folder))
     assert main(["sweep", str(config), "--store", str(store), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert f"{store} is damaged: meta data_json entry 0 {problem}" in err and "Traceback" not in err
