@@ -13,9 +13,9 @@ from catapult.cli import main
 from catapult.config.io import safe_yaml
 
 
-@pytest.mark.parametrize("tagged, kind", [("!!bool maybe", "boolean"), ("!!timestamp x", "timestamp"),
-                                          ("!!timestamp 2001-12-14 nonsense", "timestamp")])
-def test_a_tag_on_text_it_cannot_read_is_a_config_error_at_its_place(tmp_path, tagged, kind, capsys):
+def _refused_at_its_place(tmp_path, tagged, kind, capsys):
+    """``seed: <tagged>`` in a config file: a ConfigError at line 2, column 7, and exit 2 from
+    ``catapult train`` with no run folder made."""
     path = tmp_path / "run.yaml"
     path.write_text(f"name: a\nseed: {tagged}\n")
     with pytest.raises(cfg.ConfigError, match=rf"run.yaml is not valid YAML: line 2, column 7: .* is not a YAML {kind}"):
@@ -23,6 +23,12 @@ def test_a_tag_on_text_it_cannot_read_is_a_config_error_at_its_place(tmp_path, t
     assert main(["train", str(path), "--out", str(tmp_path / "out")]) == 2
     assert f"is not a YAML {kind}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tagged, kind", [("!!bool maybe", "boolean"), ("!!timestamp x", "timestamp"),
+                                          ("!!timestamp 2001-12-14 nonsense", "timestamp")])
+def test_a_tag_on_text_it_cannot_read_is_a_config_error_at_its_place(tmp_path, tagged, kind, capsys):
+    _refused_at_its_place(tmp_path, tagged, kind, capsys)
     # on the command line the value stays text, which the key then refuses
     with pytest.raises(cfg.ConfigError, match=r"seed: expected an integer"):
         cfg.validate(cfg.apply_overrides({}, [f"seed={tagged}"]))
@@ -35,13 +41,7 @@ def test_a_tag_on_text_it_cannot_read_is_a_config_error_at_its_place(tmp_path, t
 def test_an_int_or_float_tag_on_empty_text_is_a_config_error_at_its_place(tmp_path, tagged, kind, capsys):
     # PyYAML's int and float constructors read text[0]: empty text (or '_' only, its '_'s dropped) was
     # an IndexError, a traceback and exit 1 from catapult train
-    path = tmp_path / "run.yaml"
-    path.write_text(f"name: a\nseed: {tagged}\n")
-    with pytest.raises(cfg.ConfigError, match=rf"run.yaml is not valid YAML: line 2, column 7: .* is not a YAML {kind}"):
-        cfg.load_config(path)
-    assert main(["train", str(path), "--out", str(tmp_path / "out")]) == 2
-    assert f"is not a YAML {kind}" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    _refused_at_its_place(tmp_path, tagged, kind, capsys)
     # the tags still read what YAML gives them
     assert safe_yaml("[!!int '1_0', !!float '2.5', !!int 0x1f, !!float .inf]") == [10, 2.5, 31, float("inf")]
 

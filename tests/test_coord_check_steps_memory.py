@@ -7,36 +7,18 @@ run of 300 steps stands for 1e9 on this one.)"""
 from __future__ import annotations
 
 import pytest
-import yaml
+from test_coord_check_cli import _config
 
 from catapult.cli import main
 import catapult.engine.coord_check_study as study
 
-TEXT = "".join(chr(97 + (i * 7 + i // 5) % 26) + (" " if i % 6 == 0 else "") for i in range(4000))
-
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def _config(tmp_path):
-    (tmp_path / "corpus.txt").write_text(TEXT)
-    config = {
-        "name": "cc",
-        "data": {"name": "text", "root": str(tmp_path / "corpus.txt"), "context": 16, "n_train": 64, "n_test": 4},
-        "model": {"name": "gpt", "width": 32, "depth": 1, "n_heads": 2, "activation": "gelu"},
-        "loss": "cross_entropy",
-        "optimizer": {"name": "adam", "lr": 1e-3},
-        "train": {"batch_size": 8},
-        "coord_check": {"densities": [0.5, 1.0], "parametrizations": ["sp"], "seeds": [0], "steps": 300},
-    }
-    path = tmp_path / "cc.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_steps_whose_batches_exceed_the_memory_are_refused_naming_the_key(tmp_path, capsys, monkeypatch):
     # one batch: inputs and targets of 8 x 16 int64 tokens = 2048 bytes; 300 of them 614,400 > 100,000 / 2
     monkeypatch.setattr(study, "_machine_memory", lambda device: 100_000, raising=False)  # absent before the check
-    path = _config(tmp_path)
+    path = _config(tmp_path, densities=[0.5, 1.0], parametrizations=["sp"], steps=300)
     code = main(["coord-check", str(path), "--out", str(tmp_path / "out"), "--progress", "none"])
     err = capsys.readouterr().err
     assert code == 2, err

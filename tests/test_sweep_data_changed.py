@@ -32,6 +32,16 @@ def _text_sweep_yaml(folder) -> str:
             f"sweep: {{grid: {{optimizer.lr: [1/lambda0, 2/lambda0, 4/lambda0]}}}}\n")
 
 
+def _resume_refused(folder, store, before, run_fn, error, match):
+    """Resuming the text sweep on ``store`` raises ``error`` matching ``match`` before any cell
+    runs, and leaves the store's bytes as ``before``."""
+    with pytest.raises(error, match=match):
+        run_sweep(_text_config(folder), parse_sweep(GRID), store, run_fn=run_fn, lambda0_fn=lambda c: 100.0,
+                  progress="none")
+    assert run_fn.calls == []
+    assert store.read_bytes() == before
+
+
 def _cifar_config(root) -> dict:
     return cfg.validate({"name": "t", "data": {"name": "cifar10", "root": str(root)}, "train": {"steps": 3},
                          "eval": {"sharpness_every": 0}})
@@ -80,11 +90,7 @@ def test_a_text_corpus_changed_before_the_resume_is_refused(tmp_path, change):
         (folder / "b.txt").unlink()
         name = "b.txt was removed"
     run_fn = FakeRun()
-    with pytest.raises(SpecChanged, match=rf"data.root={folder}: {name} since the sweep started"):
-        run_sweep(_text_config(folder), parse_sweep(GRID), store, run_fn=run_fn, lambda0_fn=lambda c: 100.0,
-                  progress="none")
-    assert run_fn.calls == []
-    assert store.read_bytes() == before
+    _resume_refused(folder, store, before, run_fn, SpecChanged, rf"data.root={folder}: {name} since the sweep started")
     # a new store takes the new data; the files put back as they were (new times, the same bytes) resume
     run_sweep(_text_config(folder), parse_sweep(GRID), tmp_path / "new.db", run_fn=run_fn,
               lambda0_fn=lambda c: 100.0, progress="none")
@@ -235,12 +241,8 @@ def test_a_damaged_data_json_entry_is_refused_naming_the_store_and_the_row(tmp_p
     conn.close()
     (folder / "a.txt").write_text("the cat sat on the hat. " * 40)
     before = store.read_bytes()
-    run_fn = FakeRun()
-    with pytest.raises(StoreError, match=rf"{store} is damaged: meta data_json entry 0 {problem}"):
-        run_sweep(_text_config(folder), parse_sweep(GRID), store, run_fn=run_fn, lambda0_fn=lambda c: 100.0,
-                  progress="none")
-    assert run_fn.calls == []
-    assert store.read_bytes() == before
+    _resume_refused(folder, store, before, run_fn=FakeRun(), error=StoreError,
+                    match=rf"{store} is damaged: meta data_json entry 0 {problem}")
     config = tmp_path / "sweep.yaml"
     config.write_text(_text_sweep_yaml(folder))
     assert main(["sweep", str(config), "--store", str(store), "--dry-run"]) == 2
