@@ -49,7 +49,23 @@ def test_fig2_columns_are_the_first_measurement_the_first_step_at_the_threshold_
     row = _row(text, "adam", "1")
     assert row[3:8] == ["100 (1 seed)", "2 (1 seed)", "2", "0.25 (1 seed)", "1.5 (1 seed)"]
     assert _row(text, "gi-adam", "1")[5] == "never"
-    assert "Adam / GI-Adam on the same seed: 10 (1 seed) over 1 pairs" in text
+    assert "Adam / GI-Adam on the same seed: 10 (1 seed) over 1 seeds (1 pairs)" in text
+
+
+def test_fig2_adam_over_gi_adam_spread_is_over_seeds_not_over_repeated_t_wrm_rows(tmp_path):
+    # Step 0 comes before warmup acts, so each seed's Adam / GI-Adam pair repeats in every T_wrm
+    # row: ratios 6, 20, 22 on seeds 0-2 at T_wrm 1 and 64. The replicates are the 3 seeds:
+    # mean 16, sample std sqrt(((16-6)^2 + 4^2 + 6^2) / 2) = sqrt(76) = 8.72; over the 6
+    # repeated pairs it would read sqrt(304 / 5) = 7.80.
+    runs = []
+    for T in (1, 64):
+        for seed, ratio in enumerate((6.0, 20.0, 22.0)):
+            for name, s0 in (("adam", 10.0 * ratio), ("gi-adam", 10.0)):
+                cell, rows = _fig2_run(name, [(0, 2.0, s0, 5.0), (1, 1.0, 1.0, 5.0)])
+                cell["config"] = dict(cell["config"], schedule=dict(warmup_steps=T), seed=seed)
+                runs.append((cell, rows))
+    text = _study().fig2(FakeStore(runs), tmp_path / "f.png")
+    assert "Adam / GI-Adam on the same seed: 16 ± 8.72 over 3 seeds (6 pairs)" in text
 
 
 def _fig5_run(warmup, T, losses, passes=0, reached=None):
