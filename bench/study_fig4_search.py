@@ -202,13 +202,23 @@ def cmd_heatmap(args) -> None:
     print("|---|---|---|---|---|")
     for opt in opts:
         for w in warms:
-            b = [boundary(rows, opt, w, s) for s in seeds]
-            vals = np.array([v if v is not None else np.nan for v in b])
-            ok = vals[np.isfinite(vals)]
-            mean = ok.mean() if len(ok) else math.nan
-            sd = ok.std(ddof=1) if len(ok) > 1 else 0.0
-            print(f"| {opt} | {w} | {', '.join('none' if v is None else f'{v:g}' for v in b)} | "
-                  f"{mean:.2f} ± {sd:.2f} | {lr_of(mean):.3g} |")
+            ran = [s for s in seeds if any((r["optimizer"], r["warmup_steps"], r["seed"]) == (opt, w, s) for r in rows)]
+            if not ran:
+                continue  # no run of this optimizer at this T_wrm: nothing to report (not "never trained")
+            b = [boundary(rows, opt, w, s) for s in ran]
+            lowest = {s: min(r["x"] for r in rows if (r["optimizer"], r["warmup_steps"], r["seed"]) == (opt, w, s))
+                      for s in ran}
+            per_seed = ", ".join(f"< {lowest[s]:g}" if v is None else f"{v:g}" for s, v in zip(ran, b))
+            if any(v is None for v in b):
+                # a seed that fails at its smallest x has a boundary below the grid: a mean over
+                # the other seeds would be too high, so none is given
+                stats = f"- ({sum(v is None for v in b)} of {len(b)} seeds fail at every x) | - |"
+            elif len(b) == 1:
+                stats = f"{b[0]:.2f} (1 seed) | {lr_of(b[0]):.3g} |"
+            else:
+                mean = float(np.mean(b))
+                stats = f"{mean:.2f} ± {float(np.std(b, ddof=1)):.2f} | {lr_of(mean):.3g} |"
+            print(f"| {opt} | {w} | {per_seed} | {stats}")
 
 
 def cmd_mechanism(args) -> None:
