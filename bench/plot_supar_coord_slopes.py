@@ -3,11 +3,14 @@ parametrization, from a ``catapult coord-check`` CSV: the log2-log2 slope of mea
 against density fitted per seed, then mean ± std over seeds (0 = density-invariant).
 
     python bench/plot_supar_coord_slopes.py runs/bpe/coord/coord_check.csv --out bench/figures/supar_bpe_coord_slopes.png
+
+The CSV may be gzipped (``.csv.gz``): the recorded one is ``bench/supar_bpe/coord_check.csv.gz``.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 from collections import defaultdict
 
 import numpy as np
@@ -18,7 +21,8 @@ from matplotlib.figure import Figure
 def slopes(path: str) -> dict:
     """``{(parametrization, block): array (seeds, steps)}`` of per-seed density slopes."""
     d = defaultdict(dict)
-    for r in csv.DictReader(open(path, newline="")):
+    rows = gzip.open(path, "rt", newline="") if str(path).endswith(".gz") else open(path, newline="")
+    for r in csv.DictReader(rows):
         if r["axis"] == "density" and r["block"] in ("attention", "mlp"):
             key = (r["parametrization"], r["block"], int(r["seed"]), int(r["step"]))
             d[key].setdefault(float(r["value"]), []).append(float(r["mean_abs"]))
