@@ -25,6 +25,7 @@ from catapult.engine.records import EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_CO
 from catapult.files import save_figure
 from catapult.sweep.spec import canonical_json
 # defined with the store's columns: `catapult plot`'s --metric is checked without this module (numpy)
+from catapult.sweep.store_export import mean_std
 from catapult.sweep.store_schema import PLOT_METRICS, check_plot_metric
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: the grids and tables need none
@@ -211,10 +212,13 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
             if unconverged is not None:
                 unconverged[i, j] = sum(c.get(mark) == 0 for c in taken)
             if good:
-                values[i, j] = float(np.mean(good))
+                # rounded once, as the export's aggregate: np.mean of three seeds at 0.1 gave
+                # 0.10000000000000002, annotated "±1.7e-17" for seeds that agree exactly
+                mean, sd, _ = mean_std(good)
+                values[i, j] = mean
                 counts[i, j] = len(good)
-                if len(good) > 1:
-                    spread[i, j] = float(np.std(good, ddof=1))
+                if sd is not None:
+                    spread[i, j] = sd
                 status[i][j] = "ok" if all(s == "finished" for s in states) else "partial"
             elif "diverged" in states:
                 status[i][j] = "diverged"
