@@ -137,12 +137,14 @@ def test_a_parameter_frozen_on_one_rank_only_is_refused_on_every_rank():
         assert res["sharpness"] == LAYOUT_REFUSAL
 
 
-def optimizers_over_other_parameters(rank, world):
-    """Rank 0's optimizer holds every parameter, rank 1's those of the last layer."""
+def optimizers_over_other_parameters(rank, world, case):
+    """Rank 0's optimizer holds every parameter (``case`` "count") or those of the first layer ("names":
+    as many as rank 1's), rank 1's those of the last layer."""
     model, loss_fn, (x, y) = problem()
     lo = sum(SHARDS[:rank])
     shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
-    params = list(model.parameters()) if rank == 0 else list(model[2].parameters())
+    first = list(model.parameters()) if case == "count" else list(model[0].parameters())
+    params = first if rank == 0 else list(model[2].parameters())
     return answers_or_refusals({
         "critical_lr": lambda: catapult.critical_lr(model, loss_fn, shard, torch.optim.SGD(params, lr=0.1),
                                                     lr_start=1e-3, distributed=True).lr,
@@ -151,10 +153,13 @@ def optimizers_over_other_parameters(rank, world):
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
-def test_optimizers_over_other_parameters_on_the_ranks_are_refused_on_every_rank():
+@pytest.mark.parametrize("case", ["count", "names"])
+def test_optimizers_over_other_parameters_on_the_ranks_are_refused_on_every_rank(case):
     # the ranks' trial steps and pre-conditioners moved other parameters: they waited in unpaired
-    # collectives until the group's timeout (gloo's default: 30 minutes)
-    for res in on_ranks(optimizers_over_other_parameters, timeout_s=60.0):
+    # collectives until the group's timeout (gloo's default: 30 minutes). "names": two parameters on each
+    # rank (the first layer's on rank 0, the last's on rank 1), told apart by their names alone
+    # (mutation pass 27, RA4: a count alone passed them)
+    for res in on_ranks(optimizers_over_other_parameters, case, timeout_s=60.0):
         for name in ("critical_lr", "preconditioned_sharpness"):
             assert res[name] == (f"distributed=True: {name}'s optimizer's parameters (param group 0) differs between "
                                  f"the ranks; pass the same on every rank (the ranks would run different "
