@@ -36,3 +36,20 @@ def test_micro_batches_of_a_token_mean_with_ignored_targets_give_the_whole_batch
     got = catapult.sharpness(model, loss_fn, (x, y), tol=1e-10, chunk_size=chunk_size)
     assert got.value == pytest.approx(top, rel=1e-8)
     assert got.value == pytest.approx(catapult.sharpness(model, loss_fn, (x, y), tol=1e-10).value, rel=1e-8)
+
+
+def _masked_token_mean(out, y):
+    """A token mean written by hand: the counted targets' terms over their count (0 / 0 on a piece whose
+    targets are all -100, whose gradient is nan, where F.cross_entropy's is 0)."""
+    keep = y != -100
+    return (F.cross_entropy(out, y.clamp(min=0), reduction="none") * keep).sum() / keep.sum()
+
+
+@pytest.mark.parametrize("hvp", ["double_backprop", "forward_over_reverse"])
+def test_a_piece_whose_targets_are_all_ignored_is_left_out_of_the_products(hvp):
+    # rows 2, 3 (the second piece of 2) hold -100 alone: weight 0, and that piece's nan gradient kept as a
+    # piece gave nan products (0 x nan) (mutation pass 27, MB2); left out, the whole batch's sharpness
+    model, _, x, y = _problem(False)
+    top = np.linalg.eigvalsh(dense_hessian(model, _masked_token_mean, (x, y)).numpy())[-1]
+    got = catapult.sharpness(model, _masked_token_mean, (x, y), tol=1e-10, chunk_size=2, hvp=hvp)
+    assert got.value == pytest.approx(top, rel=1e-8)
