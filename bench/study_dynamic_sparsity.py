@@ -16,7 +16,9 @@ A static-sparsity export (no ``model.sparsity.method`` column, e.g. of
 PARAM's density-1 cells to every parametrization that has none: at density 1 muP, SμPar and the
 two ablations build the same model (``density_mult`` = 1), so their dense curve is run once. Each
 group also prints the drift paired by seed (per seed: the optimum at the sparsest density minus
-the one at the densest, argmin on the grid and fitted), mean ± sample std.
+the one at the densest, argmin on the grid and fitted), mean ± sample std; the unpaired drift line's
+± is the hypot of the two densities' seed stds, which treats seeds the densities share as
+independent (it says so).
 """
 from __future__ import annotations
 
@@ -145,8 +147,10 @@ def main() -> None:
                   f"fitted: - (a fitted optimum at {len(fm)} of {len(optima)} densities; the drift needs two) |")
         else:
             sparse = min(fm)
-            err = (f"± {math.hypot(fs[sparse], fs[dense]):.2f}" if fs[sparse] is not None and fs[dense] is not None
-                   else "(1 seed)")
+            # the densities share their seeds: this ± treats them as independent; the paired-by-seed
+            # lines below give the sample std of the per-seed drift
+            err = (f"± {math.hypot(fs[sparse], fs[dense]):.2f} (hypot of the two densities' seed stds, unpaired)"
+                   if fs[sparse] is not None and fs[dense] is not None else "(1 seed)")
             print(f"| {method} | {param} | drift of the optimum across densities | | argmin {drift:g} log2 units; "
                   f"fitted, density {sparse:g} minus {dense:g}: {fm[sparse] - fm[dense]:+.2f} {err} |")
         for other in sorted((d for d in paired if d != dense), reverse=True):
