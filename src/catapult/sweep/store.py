@@ -468,16 +468,10 @@ class Store(DriverClaims, Lambda0Cache):
         return rows[0]
 
     def metrics(self, cell_id: int) -> list[dict]:
-        """The per-step metrics of one cell (``None`` where not measured), in step order."""
-        out = []
-        for row in self.conn.execute("SELECT * FROM metrics WHERE cell_id = ? ORDER BY step", (cell_id,)):
-            d = dict(row)
-            d.pop("cell_id")
-            extra = d.pop("extra_json")
-            if extra:
-                d.update(self.json_field(extra, f"cell {cell_id} step {d['step']} extra_json"))
-            out.append(d)
-        return out
+        """The per-step metrics of one cell (``None`` where not measured), in step order; a damaged
+        row is a :class:`StoreError` (:meth:`_metric_row`)."""
+        return [self._metric_row(cell_id, row) for row in
+                self.conn.execute("SELECT * FROM metrics WHERE cell_id = ? ORDER BY step", (cell_id,))]
 
     def last_measured(self, cell_id: int, column: str) -> dict | None:
         """The last per-step row of one cell whose ``column`` (one of the ``metrics`` table's
@@ -487,13 +481,31 @@ class Store(DriverClaims, Lambda0Cache):
             raise ValueError(f"last_measured: column={column!r} is not one of {METRIC_COLUMNS}")
         row = self.conn.execute(f"SELECT * FROM metrics WHERE cell_id = ? AND {column} IS NOT NULL "
                                 "ORDER BY step DESC LIMIT 1", (cell_id,)).fetchone()
-        if row is None:
-            return None
+        return None if row is None else self._metric_row(cell_id, row)
+
+    def _metric_row(self, cell_id: int, row) -> dict:
+        """One ``metrics`` row as a dict, its ``extra_json`` merged in. A hand-edited value that is no
+        number (text, a BLOB; a step or a count that is no integer), or an ``extra_json`` key that
+        shadows a column, is a :class:`StoreError` naming the cell and step: a step ``'zz'`` drew the
+        trajectory on a categorical axis (steps 0, 2, 3 evenly spaced), text losses were left out
+        unsaid, and ``{"step": 99}`` moved a row."""
         d = dict(row)
         d.pop("cell_id")
+        step = d["step"]
+        where = f"cell {cell_id} " + (f"step {step}" if type(step) is int else "metrics row")
+        for column in METRIC_COLUMNS:
+            value, whole = d[column], column in ("step", "sharpness_matvecs")
+            if (value is not None or column == "step") and (
+                    isinstance(value, bool) or not isinstance(value, int if whole else (int, float))):
+                raise StoreError(f"{self.path} is damaged: {where} {column} {value!r:.40} is not "
+                                 f"{'an integer' if whole else 'a number'}")
         extra = d.pop("extra_json")
         if extra:
-            d.update(self.json_field(extra, f"cell {cell_id} step {d['step']} extra_json"))
+            fields = self.json_field(extra, f"{where} extra_json")
+            if shadowed := sorted(set(fields) & {"cell_id", *d}):
+                raise StoreError(f"{self.path} is damaged: {where} extra_json holds {', '.join(shadowed)}, "
+                                 f"a column of its own")
+            d.update(fields)
         return d
 
     # ---- writing results
