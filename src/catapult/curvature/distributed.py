@@ -18,7 +18,8 @@ weighted per sample: give every rank the same share of counted tokens, or a loss
 
 Anything one rank refuses (a kink in its finite differences, a micro-batch split, its start
 vector) stops every rank with an error (:func:`agreed`, :func:`agreed_gap`): left to itself,
-that rank was the only one to say why, and the others waited in their next collective.
+that rank was the only one to say why, and the others waited in their next collective. So does
+an error raised inside one rank's product (:class:`DistributedOperator`), within that product.
 
 A DistributedDataParallel wrapper is unwrapped (``model.module``): its parameters are the
 wrapped module's, and its forward hooks would expect a ``loss.backward()`` that the HVPs never
@@ -419,6 +420,10 @@ def broadcast_vector(v: torch.Tensor) -> torch.Tensor:
     return v
 
 
+def _raise(err: Exception) -> None:
+    raise err
+
+
 class DistributedOperator:
     """``v -> sum_r w_r H_r v`` over the ranks, from this rank's operator ``H_r``.
 
@@ -441,8 +446,12 @@ class DistributedOperator:
 
     def __init__(self, op, weight: float, *, summed: bool = False):
         self.op, self.weight, self.summed = op, float(weight), bool(summed)
-        if hasattr(op, "agree_gap"):  # finite differences: every rank decides on the ranks' largest gap
-            op.agree_gap = lambda gap: agreed_gap(gap, op.device)
+        # finite differences: every rank decides on the ranks' largest gap, and learns there of a rank
+        # whose gradient failed (the collective the others meet next inside a product)
+        self._differences = getattr(op, "mode", None) == "finite_difference" and hasattr(op, "agree_gap")
+        if hasattr(op, "agree_gap"):
+            op.agree_gap = self._gap_reduce
+        self._told = False   # whether this product's failure is known to every rank
         self.numel, self.dtype, self.device = op.numel, op.dtype, op.device
         self.names = getattr(op, "names", None)
         self.kinked = getattr(op, "kinked", False)   # this rank's graph (coarse_ranks.union_levels agrees it)
@@ -469,7 +478,52 @@ class DistributedOperator:
         if self._diverged:
             self._skipped += 1
             return torch.full_like(v, math.nan)
-        return all_reduce_sum(self.op(v).mul_(self.weight))
+        return self._reduced(lambda: self.op(v), v, self._differences)
+
+    def _reduced(self, product: Callable[[], torch.Tensor], v: torch.Tensor, differences: bool) -> torch.Tensor:
+        """``sum_r w_r product_r``, all-reduced; a rank whose ``product()`` raises (an out-of-memory
+        error, a forward that fails on its shard) stops every rank within that product. It joins the
+        collective the others meet next: this all-reduce, with a vector of nan (which makes the sum's
+        first entry nan on every rank, and every rank then asks in one more all-reduce whether a
+        rank failed: :func:`agreed`; a product that is nan without a failure asks and goes on), or
+        for finite differences the kink test's, with a flag (:meth:`_gap_reduce`: the next
+        collective after any gradient of a product). The failing rank raises its own error and the
+        others the same type and message. Before, where that rank's caller caught the error and
+        carried on, the others waited in the product's all-reduce until the group's timeout
+        (gloo's default 30 minutes). The cost: one entry read per product, no copy."""
+        self._told = False
+        try:
+            local = product()
+        except Exception as err:
+            if self._told:   # every rank knows already (the kink test's all-reduce told this one)
+                raise
+            self._told = True
+            try:
+                if differences:
+                    self._gap_reduce(0.0, failed=True)
+                else:
+                    all_reduce_sum(torch.full((v.numel(),), math.nan, dtype=self.dtype, device=self.device))
+            except Exception:   # the group itself failed (a rank gone): this rank's own error
+                raise err
+            agreed(lambda failure=err: _raise(failure), self.device)   # raises err here, its copy on the others
+            raise err
+        out = all_reduce_sum(local.mul_(self.weight))
+        if out.numel() and math.isnan(out.reshape(-1)[0].item()):   # a rank failed, or a nan product: ask
+            self._told = True
+            agreed(lambda: None, self.device)
+        return out
+
+    def _gap_reduce(self, gap: float, failed: bool = False) -> float:
+        """:func:`agreed_gap` with the number of failed ranks in the same all-reduce (MAX)."""
+        import torch.distributed as dist
+
+        t = torch.tensor([0.0 if math.isnan(gap) else gap, float(math.isnan(gap)), float(failed)],
+                         dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        if not failed and t[2].item():   # a rank's gradient failed: every rank raises its error
+            self._told = True
+            agreed(lambda: None, self.device)
+        return math.nan if t[1].item() else float(t[0].item())
 
     def unused_parameters(self) -> set[str]:
         """Names of the trainable parameters the union's loss reaches on no rank's shard (each rank's
@@ -488,4 +542,4 @@ class DistributedOperator:
         (:meth:`~catapult.curvature.HessianOperator.forward_difference`), not counted in ``matvecs``."""
         if self._diverged:
             return torch.full_like(v, math.nan)
-        return all_reduce_sum(self.op.forward_difference(v).mul_(self.weight))
+        return self._reduced(lambda: self.op.forward_difference(v), v, False)
