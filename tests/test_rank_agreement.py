@@ -105,9 +105,11 @@ def dtypes_apart(rank, world):
                                                                         distributed=True).value})
 
 
-#: What every rank raises when the ranks' model or optimizer layouts differ (the collectives' sizes would)
-LAYOUT_REFUSAL = ("distributed=True: the ranks called sharpness with different models or optimizer states (names, "
-                  "shapes, dtypes or which parameters require grad); call it with the same on every rank")
+def layout_refusal(what: str, name: str = "sharpness") -> str:
+    """What a rank raises when the ranks' model or optimizer layouts differ (the collectives' sizes
+    would), naming ``what`` differs first as that rank sees it."""
+    return (f"distributed=True: the ranks called {name} with different models or optimizer states: {what}; call it "
+            f"with the same on every rank")
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
@@ -116,8 +118,11 @@ def test_a_model_of_another_dtype_on_one_rank_is_refused_on_every_rank():
     # gloo::EnforceNotMet) in rank 1's process, and rank 0 read 'Connection reset by peer'
     model = problem()[0]
     assert all(torch.equal(p, p.float().double()) for p in model.parameters())   # same values: no fingerprint tells
-    for res in on_ranks(dtypes_apart, timeout_s=60.0):
-        assert res["sharpness"] == LAYOUT_REFUSAL
+    zero, one = on_ranks(dtypes_apart, timeout_s=60.0)
+    assert zero["sharpness"] == layout_refusal("the model's parameter '0.weight' is torch.float64 on this rank, of "
+                                               "another dtype on another")
+    assert one["sharpness"] == layout_refusal("the model's parameter '0.weight' is torch.float32 on this rank, of "
+                                              "another dtype on another")
 
 
 def frozen_on_one_rank(rank, world):
@@ -133,8 +138,44 @@ def frozen_on_one_rank(rank, world):
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_a_parameter_frozen_on_one_rank_only_is_refused_on_every_rank():
     # rank 1's products had 5 entries fewer: their all-reduce aborted gloo (SIGABRT) in one rank's process
-    for res in on_ranks(frozen_on_one_rank, timeout_s=60.0):
-        assert res["sharpness"] == LAYOUT_REFUSAL
+    zero, one = on_ranks(frozen_on_one_rank, timeout_s=60.0)
+    assert zero["sharpness"] == layout_refusal("the model's parameter '0.bias' requires grad on this rank, not on "
+                                               "another")
+    assert one["sharpness"] == layout_refusal("the model's parameter '0.bias' is frozen on this rank, not on another")
+
+
+def param_groups_apart(rank, world):
+    """Rank 0's SGD holds the two layers in two param groups, rank 1's in one; then both hold two,
+    rank 1's second with one more setting (a name)."""
+    model, loss_fn, (x, y) = problem()
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    first, last = list(model[0].parameters()), list(model[2].parameters())
+    groups = [{"params": first}, {"params": last}] if rank == 0 else [{"params": first + last}]
+    named = [{"params": first}, {"params": last} if rank == 0 else {"params": last, "name": "head"}]
+
+    def measure(groups):
+        return lambda: catapult.preconditioned_sharpness(model, loss_fn, shard, torch.optim.SGD(groups, lr=0.1),
+                                                         distributed=True).value
+    return answers_or_refusals({"count": measure(groups), "settings": measure(named)})
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_optimizers_with_other_param_groups_are_refused_naming_the_count_and_the_group():
+    # both said "(names, shapes, dtypes or which parameters require grad)": no count, no group
+    zero, one = on_ranks(param_groups_apart, timeout_s=60.0)
+    assert zero["count"] == layout_refusal("the optimizer's param groups: 2 on this rank, 1 to 2 over the ranks",
+                                           "preconditioned_sharpness")
+    assert one["count"] == layout_refusal("the optimizer's param groups: 1 on this rank, 1 to 2 over the ranks",
+                                          "preconditioned_sharpness")
+    keys = sorted(k for k in torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1).param_groups[0]
+                  if k != "params")
+    assert zero["settings"] == layout_refusal(f"param group 1 of the optimizer holds other settings on another rank "
+                                              f"({', '.join(keys)} on this one)", "preconditioned_sharpness")
+    assert one["settings"] == layout_refusal(f"param group 1 of the optimizer holds other settings on another rank "
+                                             f"({', '.join(sorted(keys + ['name']))} on this one)",
+                                             "preconditioned_sharpness")
+    assert "lr" in keys and "momentum" in keys
 
 
 def optimizers_over_other_parameters(rank, world, case):

@@ -97,10 +97,11 @@ def check_same_call(name: str, arguments: dict) -> None:
     # broadcast_buffers=False, or the last forward before model.eval()), gave a curvature of no one model
     tensors += [(f"the model's buffer {key!r}", b) for key, b in _named_buffers(arguments.get("model"))]
     optimizer = arguments.get("optimizer")
-    group_settings = []
+    group_settings, group_keys = [], []
     if isinstance(optimizer, torch.optim.Optimizer):
         names = {id(p): key for key, p in params}
         for g, group in enumerate(optimizer.param_groups):
+            group_keys.append(", ".join(sorted(key for key in group if key != "params")))
             group_settings += [(f"optimizer's {key} (param group {g})", _setting(value))
                                for key, value in sorted(group.items()) if key != "params"]
             # which parameters the group holds (an optimizer over another subset on one rank: its trial steps
@@ -126,10 +127,9 @@ def check_same_call(name: str, arguments: dict) -> None:
         layout = [";".join(key for key, _ in group_settings) + " "
                   + ";".join(f"{label}{tuple(t.shape)}{t.dtype}{'' if t.requires_grad else ' frozen'}"
                              for label, t in tensors)]
-        if any(_differs(layout, device)):
-            raise ValueError(f"distributed=True: the ranks called {name} with different models or optimizer states "
-                             f"(names, shapes, dtypes or which parameters require grad); call it with the same on "
-                             f"every rank")
+        if any(_differs(layout, device)):   # (every rank knows: all look for what differs, alike)
+            raise ValueError(f"distributed=True: the ranks called {name} with different models or optimizer states: "
+                             f"{_layout_difference(group_keys, tensors, device)}; call it with the same on every rank")
         differ = [key for (key, _), apart in zip(group_settings, _differs([f"{k}={v}" for k, v in group_settings],
                                                                           device)) if apart]
     if differ:
@@ -151,6 +151,42 @@ def check_same_call(name: str, arguments: dict) -> None:
                       "wrap the model in DistributedDataParallel, or broadcast rank 0's parameters and state,")
             raise ValueError(f"distributed=True: {label} differs between the ranks; the curvature of the union's "
                              f"loss is that of one model and one optimizer state ({remedy} before measuring)")
+
+
+def _layout_difference(group_keys: list, tensors: list, device) -> str:
+    """What differs first between the ranks' layouts (every rank must call it, once they know that
+    something does): the number of the optimizer's param groups, of the model's parameters and
+    buffers, or of the optimizer's state tensors (each as this rank counts it, and the fewest and most
+    over the ranks), else the first param group whose settings' names differ, else the first
+    tensor whose name, shape, dtype or ``requires_grad`` does. Before, one text for all of them
+    ("names, shapes, dtypes or which parameters require grad"), which named no group and no count."""
+    counts = [("the optimizer's param groups", len(group_keys))]
+    counts += [(what, sum(label.startswith(prefix) for label, _ in tensors))
+               for what, prefix in (("the model's parameters", "the model's parameter "),
+                                    ("the model's buffers", "the model's buffer "),
+                                    ("the optimizer's state tensors", "the optimizer's "))]
+    high, low = _high_low([float(n) for _, n in counts], device)
+    for (what, n), most, fewest in zip(counts, high, low):
+        if most != fewest:
+            return f"{what}: {n} on this rank, {fewest:.0f} to {most:.0f} over the ranks"
+    texts = list(group_keys)
+    for label, t in tensors:
+        texts += [label, str(tuple(t.shape)), str(t.dtype), str(t.requires_grad)]
+    apart = _differs(texts, device)
+    for g, keys in enumerate(group_keys):
+        if apart[g]:
+            return f"param group {g} of the optimizer holds other settings on another rank ({keys} on this one)"
+    for i, (label, t) in enumerate(tensors):
+        named, shaped, typed, trained = apart[len(group_keys) + 4 * i:len(group_keys) + 4 * i + 4]
+        if named:
+            return f"where this rank has {label}, another has another name there"
+        if shaped:
+            return f"{label} is shaped {tuple(t.shape)} on this rank, otherwise on another"
+        if typed:
+            return f"{label} is {t.dtype} on this rank, of another dtype on another"
+        if trained:
+            return f"{label} {'requires grad' if t.requires_grad else 'is frozen'} on this rank, not on another"
+    return "their layouts' checksums differ"   # (a checksum that differs with every part alike: not reached)
 
 
 #: Entries per chunk of :func:`_fingerprint`'s float64 sums.
