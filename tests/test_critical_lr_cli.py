@@ -70,6 +70,21 @@ def test_critical_lr_command_prints_lr_c_bracket_passes_and_2_over_lambda0(tiny_
     assert e["forward_passes"] > 2 and e["preconditioned_sharpness"] is None
 
 
+def test_delta_1_the_largest_rise_accepted_brackets_a_loss_up_to_doubled(tiny_config, capsys):
+    # schedule.delta lies in (0, 1]: 1 (a doubled loss) is accepted, not refused with those above it
+    # (mutation pass 27, CF3: an open bound refused it, exit 2); the bracket, re-checked with plain GD
+    # steps in float64: L(lower) <= L0 < L(upper) <= 2 L0
+    assert main(["critical-lr", str(tiny_config), "schedule.delta=1", "--json", "--threads", "1"]) == 0
+    e = json.loads(capsys.readouterr().out)
+    model, batch = _model_and_batch(tiny_config)
+    f, theta = _flat_loss(model.double(), batch)
+    g = torch.func.grad(f)(theta)
+    L0 = float(f(theta))
+    assert 0 < e["lower"] < e["upper"] == e["lr_critical"]
+    assert float(f(theta - e["lower"] * g)) <= L0 * (1 + 1e-5)
+    assert L0 < float(f(theta - e["upper"] * g)) <= L0 * 2 * (1 + 1e-5)
+
+
 def test_critical_lr_command_human_output_and_adam_estimates(tiny_config, capsys):
     assert main(["critical-lr", str(tiny_config), "optimizer.name=gi-adam", "optimizer.lr=0.01",
                  "--threads", "1"]) == 0
