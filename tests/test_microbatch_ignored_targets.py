@@ -53,3 +53,20 @@ def test_a_piece_whose_targets_are_all_ignored_is_left_out_of_the_products(hvp):
     top = np.linalg.eigvalsh(dense_hessian(model, _masked_token_mean, (x, y)).numpy())[-1]
     got = catapult.sharpness(model, _masked_token_mean, (x, y), tol=1e-10, chunk_size=2, hvp=hvp)
     assert got.value == pytest.approx(top, rel=1e-8)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 5])   # counted shares 5/9, 4/9 and 8/9, 1/9; by samples half and 5/6
+def test_a_batch_where_every_sample_holds_an_ignored_token_is_weighted_by_its_counted_targets(chunk_size):
+    # no sample's tokens all count (2, 1, 2, 1, 2, 1 of 3): the -100 test asks a sample with some counted
+    # target, not one whose targets all count (mutation pass 27, SR1: such a batch was then told by its
+    # samples, and refused as neither a mean nor a sum)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4).double()
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    y = torch.tensor([[0, 1, -100], [2, -100, -100], [-100, 3, 1], [3, -100, -100], [1, 2, -100], [0, -100, -100]])
+
+    def loss_fn(out, t):
+        return F.cross_entropy(out.reshape(-1, 4), t.reshape(-1))
+    top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, (x, y)).numpy())[-1]
+    got = catapult.sharpness(model, loss_fn, (x, y), tol=1e-10, chunk_size=chunk_size)
+    assert got.value == pytest.approx(top, rel=1e-8)
