@@ -100,3 +100,32 @@ def test_members_are_checked_at_most_half_at_a_time_each_as_alone():
     assert [e.error_bound for e in out] == [e.error_bound for e in alone]
     assert [e.converged for e in out] == [e.converged for e in alone]
     assert all(e.error_bound > 1e-5 for e in out)   # the float64 residuals, not the float32 solve's 1e-7
+
+
+def _residual(A, value, v):
+    """``||A y - value y|| / |value|`` for the unit ``y`` along ``v`` (NumPy, float64)."""
+    y = np.asarray(v, dtype=np.float64) / np.linalg.norm(np.asarray(v, dtype=np.float64))
+    return float(np.linalg.norm(A @ y - value * y) / abs(value))
+
+
+def test_each_solve_is_judged_by_its_own_tol_and_keeps_its_own_bound_and_mark():
+    # float32_certified (mutation pass 27): a solve checked in float64 is judged by its own tol (CE5: the
+    # first's); one within tol keeps its own error_bound where it exceeds the reach (CE4: the reach
+    # replaced it) and stays unconverged where it was (CE3: the reach alone marked it converged)
+    from catapult.curvature.certify import float32_certified   # (new: the others fail by their marks before)
+
+    A = np.diag([4.0, 1.0])
+    v = [1.0, 0.05]
+    res = _residual(A, 4.001, torch.tensor(v).numpy())   # 0.0375, of the float32 vector the solves hold
+    assert 1e-3 < res < 0.1
+
+    def est(converged=True, bound=1e-7):
+        return EigenEstimate(4.001, torch.tensor(v), 3, converged, bound, bound)
+
+    ests = [est(), est(), est(bound=5e-4), est(converged=False, bound=2e-4)]
+    out = float32_certified(ests, [5e-3, 0.2, 1e-5, 1e-5], [1e-3, 0.1, 1e-3, 1e-3],
+                            lambda positions, Y: Y @ torch.as_tensor(A))
+    assert [e.converged for e in out] == [False, True, True, False]
+    assert out[0].error_bound == pytest.approx(res, rel=1e-12)
+    assert out[1].error_bound == pytest.approx(res, rel=1e-12)
+    assert [out[2].error_bound, out[3].error_bound] == [5e-4, 2e-4]
