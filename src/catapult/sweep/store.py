@@ -37,7 +37,8 @@ from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_
                                        identify, missing_added_columns, missing_columns, sqlite_damage)
 from catapult.sweep.store_raw import opening
 from catapult.sweep.store_grid import grid_value_problem
-from catapult.sweep.store_rows import best_metrics, final_metrics, json_text, metric_row, read_json, sql_real
+from catapult.sweep.store_rows import (MAX_JSON_DEPTH, best_metrics, final_metrics, json_depth, json_text, metric_row,
+                                      read_json, sql_real)
 
 __all__ = [
     "Store",
@@ -264,6 +265,8 @@ class Store(DriverClaims, Lambda0Cache):
             value = read_json(text)
         except (TypeError, ValueError, RecursionError) as err:
             raise StoreError(f"{self.path} is damaged: {what} is not valid JSON ({err})") from None
+        if json_depth(value) > MAX_JSON_DEPTH:   # its readers recurse: a RecursionError traceback
+            raise StoreError(f"{self.path} is damaged: {what} nests more than {MAX_JSON_DEPTH} levels deep")
         if not isinstance(value, kind):
             raise StoreError(f"{self.path} is damaged: {what} is a JSON {type(value).__name__}, "
                              f"not a {kind.__name__}")

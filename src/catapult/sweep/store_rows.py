@@ -10,7 +10,8 @@ from typing import Any, Mapping, Sequence
 from catapult.analysis import is_finite_number
 from catapult.sweep.store_schema import METRIC_COLUMNS
 
-__all__ = ["sql_real", "canonical_json", "json_text", "read_json", "final_metrics", "best_metrics", "metric_row"]
+__all__ = ["sql_real", "canonical_json", "json_text", "read_json", "json_depth", "MAX_JSON_DEPTH", "final_metrics",
+           "best_metrics", "metric_row"]
 
 
 def sql_real(value: Any) -> float | None:
@@ -78,6 +79,29 @@ def read_json(text: str) -> Any:
     ({'a': inf, 'b': nan}, {'a': inf, 'b': nan})
     """
     return json.loads(text, object_hook=_non_finite)
+
+
+#: The deepest nesting of lists and mappings that the store's JSON values may have (a spec or a
+#: config nests a few levels): a hand-made row nested 600 deep parsed, then overflowed Python's stack
+#: in its consumer (the report's YAML of the spec, the transfer curves' keys), a RecursionError traceback.
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply ``value`` nests lists and dicts (0 for a scalar), counted level by level without
+    recursion; counting stops past ``limit`` (``limit + 1`` means deeper than ``limit``).
+
+    >>> json_depth(3), json_depth({"a": [1, [2]], "b": {}}), json_depth([[[[[]]]]], limit=2)
+    (0, 3, 3)
+    """
+    depth, level = 0, [value]
+    while depth <= limit:
+        level = [v for v in level if isinstance(v, (list, dict))]
+        if not level:
+            break
+        depth += 1
+        level = [item for v in level for item in (v.values() if isinstance(v, dict) else v)]
+    return depth
 
 
 def final_metrics(metrics: Sequence[Mapping[str, Any]], status: str) -> dict:

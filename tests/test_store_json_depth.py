@@ -1,0 +1,69 @@
+"""A hand-made store whose JSON rows nest hundreds of levels deep: Python's ``json`` parses them (up to
+about 1000 levels), and their consumers then overflowed the stack. ``catapult report`` on a spec
+with a value 600 levels deep raised RecursionError out of YAML's dumper, ``catapult transfer`` on a
+swept value 900 levels deep out of the curves' keys: tracebacks. Any store JSON nested more than
+``MAX_JSON_DEPTH`` levels is now a damaged store, exit 2 naming the row, nothing written."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from catapult import cli
+from catapult import config as cfg
+from catapult.sweep import parse_sweep, run_sweep
+from catapult.sweep.store_rows import MAX_JSON_DEPTH
+
+from sweep_fakes import FakeRun
+
+
+def _store(tmp_path):
+    config = cfg.validate({"name": "t", "train": {"steps": 2}})
+    spec = parse_sweep({"grid": {"optimizer.lr": [0.1, 0.2], "model.density": [1.0, 0.5]}})
+    path = tmp_path / "s.db"
+    run_sweep(config, spec, path, run_fn=FakeRun(diverge_above=100.0), lambda0_fn=lambda c: 2.0, progress="none")
+    return path
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _run(command, store, out, capsys):
+    code = cli.main([command, str(store), "--out", str(out)])
+    return code, capsys.readouterr().err, sorted(p.name for p in store.parent.iterdir())
+
+
+def test_a_spec_nested_600_deep_is_a_damaged_store_for_the_report(tmp_path, capsys):
+    store = _store(tmp_path)
+    conn = sqlite3.connect(store)
+    text = conn.execute("SELECT value FROM meta WHERE key = 'spec_json'").fetchone()[0]
+    spec = json.loads(text)
+    spec["base"]["tags"] = "@@"
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'spec_json'", (json.dumps(spec).replace('"@@"', _nested(600)),))
+    conn.commit()
+    conn.close()
+    code, err, files = _run("report", store, tmp_path / "r.html", capsys)
+    assert code == 2 and err == (f"catapult report: error: {store} is damaged: meta spec_json nests more than "
+                                 f"{MAX_JSON_DEPTH} levels deep\n")
+    assert files == ["s.db"]
+
+
+def test_a_swept_value_nested_900_deep_is_a_damaged_store_for_transfer(tmp_path, capsys):
+    store = _store(tmp_path)
+    conn = sqlite3.connect(store)
+    axes = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'axes_json'").fetchone()[0])
+    (density,) = [a for a in axes if a["key"] == "model.density"]
+    density["values"][1] = "@@"   # 0.5, in the axis and in every cell at that place
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'axes_json'", (json.dumps(axes).replace('"@@"', _nested(900)),))
+    for cell_id, text in conn.execute("SELECT id, swept_json FROM cells").fetchall():
+        swept = json.loads(text)
+        if swept["model.density"] == 0.5:
+            swept["model.density"] = "@@"
+            conn.execute("UPDATE cells SET swept_json = ? WHERE id = ?",
+                         (json.dumps(swept).replace('"@@"', _nested(900)), cell_id))
+    conn.commit()
+    conn.close()
+    code, err, files = _run("transfer", store, tmp_path / "c.png", capsys)
+    assert code == 2 and err == (f"catapult transfer: error: {store} is damaged: meta axes_json nests more than "
+                                 f"{MAX_JSON_DEPTH} levels deep\n")
+    assert files == ["s.db"]
