@@ -36,7 +36,7 @@ from catapult.sweep.store_schema import BEST_METRICS, DDL, DONE_STATUSES, FINAL_
 from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_store_file, drop_live_readers,
                                        identify, missing_added_columns, missing_columns, sqlite_damage)
 from catapult.sweep.store_raw import opening
-from catapult.sweep.store_grid import grid_value_problem
+from catapult.sweep.store_grid import axis_key_problem, grid_value_problem
 from catapult.sweep.store_rows import (MAX_JSON_DEPTH, best_metrics, final_metrics, json_depth, json_text, metric_row,
                                       read_json, sql_real)
 
@@ -407,6 +407,8 @@ class Store(DriverClaims, Lambda0Cache):
                    and isinstance(a.get("labels"), list) and len(a["labels"]) == len(a["values"]) for a in axes):
             raise StoreError(f"{self.path} is damaged: meta axes_json is not a list of axes "
                              "(each a key with its values and as many labels)")
+        if problem := axis_key_problem([a["key"] for a in axes]):
+            raise StoreError(f"{self.path} is damaged: {problem}")
         return axes
 
     def cell_ids(self, statuses: Iterable[str] | None = None) -> list[int]:

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from catapult.config.lr import parse_lr
 
-__all__ = ["grid_value_problem"]
+__all__ = ["grid_value_problem", "axis_key_problem"]
 
 
 def _number(value: Any) -> float | None:
@@ -62,6 +62,28 @@ def _normalized(key: str, value: Any) -> tuple[Any] | None:
 
 def _text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def axis_key_problem(keys: Sequence[str]) -> str | None:
+    """What is wrong with the swept keys of a store's grid (``meta.axes_json``), or None: a key given
+    twice, or one that has no config key's form (a dotted name such as ``optimizer.lr``, or a
+    top-level key such as ``seed``). None of the columns an export writes for itself has that form: a
+    hand-edited key ``test_loss`` or ``status`` was exported beside the table's own column of that
+    name, and a CSV reader (pandas, ``csv.DictReader``) gave the swept values for the results.
+
+    >>> axis_key_problem(["optimizer.lr", "seed"]) is None, axis_key_problem(["test_loss"])
+    (True, "meta axes_json sweeps 'test_loss', which is no config key (a dotted name such as optimizer.lr, or seed)")
+    """
+    from catapult import config as cfg
+
+    top = {key for key in cfg.leaf_keys() if "." not in key}
+    for k, key in enumerate(keys):
+        if key in keys[:k]:
+            return f"meta axes_json sweeps {key!r:.80} twice"
+        if not (key in top or ("." in key and all(part.strip() for part in key.split(".")))):
+            return (f"meta axes_json sweeps {key!r:.80}, which is no config key (a dotted name such as "
+                    f"optimizer.lr, or seed)")
+    return None
 
 
 def grid_value_problem(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]]) -> str | None:
