@@ -214,3 +214,13 @@ def test_encode_refuses_text_that_is_not_a_str():
         for bad in (["the cat", "sat"], b"the cat", 3):
             with pytest.raises(TypeError, match=rf"{who}.encode: text must be a str; got {type(bad).__name__}"):
                 vocab.encode(bad)
+
+
+def test_char_vocab_from_text_refuses_text_that_is_not_a_str():
+    """CharVocab.from_text(["ab", "c"]) failed in Python's words (AttributeError: 'list' object has no attribute
+    'encode'), bytes too; now a TypeError naming the method and the type, as encode's."""
+    assert text.CharVocab.from_text("".join(["ab", "ca"])).chars == ("a", "b", "c")   # the remedy it names
+    for bad in (["ab", "c"], b"abc", 3):
+        with pytest.raises(TypeError, match=rf"^CharVocab\.from_text: text must be a str; got {type(bad).__name__} "
+                                            rf"\(for several texts, join them first"):
+            text.CharVocab.from_text(bad)

@@ -127,7 +127,15 @@ class CharVocab:
 
     @classmethod
     def from_text(cls, text: str) -> "CharVocab":
-        """The vocabulary of the distinct characters of `text`."""
+        """The vocabulary of the distinct characters of `text` (a str; a list of texts is refused with a
+        TypeError naming this method, as :meth:`encode` refuses one: it failed in an AttributeError).
+
+        >>> CharVocab.from_text("abba").chars
+        ('a', 'b')
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"CharVocab.from_text: text must be a str; got {type(text).__name__} (for several texts, "
+                            f"join them first: CharVocab.from_text(''.join(texts)))")
         return cls(tuple(chr(p) for p in np.unique(_code_points(text))))
 
     @property
