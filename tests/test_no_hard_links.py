@@ -52,3 +52,32 @@ def test_link_new_without_hard_links_keeps_the_first_file(tmp_path, no_links, mo
     with pytest.raises(OSError, match="No space left"):
         writing.link_new(tmp_path / "tmp", tmp_path / "other.npy")
     assert not (tmp_path / "other.npy").exists()
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard_links", "no_hard_links"])
+def test_save_new_over_an_existing_tokenizer_writes_nothing_and_says_so(tmp_path, monkeypatch, links):
+    # the second save finds the first's file: False, the file and the vocabulary's path left alone
+    # (mutation pass 27, TK1: save_new ignored link_new's answer and said True)
+    from catapult.data.tokenize import save_new, train_bpe
+
+    if not links:
+        monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EPERM, "no links")))
+    first, second = train_bpe([TRAIN], 300), train_bpe([TRAIN.upper()], 300)
+    path = tmp_path / "bpe.json"
+    assert save_new(first, path) is True and first.path == path
+    kept = path.read_bytes()
+    before = getattr(second, "path", None)
+    assert save_new(second, path) is False
+    assert path.read_bytes() == kept and getattr(second, "path", None) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bpe.json"]
+
+
+def test_a_published_copy_has_the_written_files_mode_under_any_umask(tmp_path, no_links):
+    # a hard link is the written file itself (save_array makes it 0644); the copy renamed into place
+    # without hard links takes that mode too, not the umask's (mutation pass 27, WR3: 0600 under 077)
+    old = os.umask(0o077)
+    try:
+        assert save_array(np.arange(3, dtype=np.uint16), tmp_path / "a.npy") is True
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "a.npy").stat().st_mode & 0o777) == oct(0o644)
