@@ -220,6 +220,8 @@ def test_a_dry_run_for_a_ray_cluster_leaves_the_data_to_its_machines(tmp_path, c
     ("text", "is not an object"),
     ({"root": "ROOT", "files": {}}, "has no text name"),
     ({"name": "text", "root": "ROOT", "files": {"a.txt": 5}}, "has a file digest that is not text"),
+    # (mutation pass 27, DJ2: a root of another type was kept under a key no cell's data has, unchecked)
+    ({"name": "text", "root": 5, "files": {}}, "has a root that is neither text nor null"),
 ])
 def test_a_damaged_data_json_entry_is_refused_naming_the_store_and_the_row(tmp_path, capsys, entry, problem):
     # a hand-edited or damaged meta data_json entry was skipped: its data's check was skipped without a word
