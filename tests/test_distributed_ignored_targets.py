@@ -142,3 +142,35 @@ def test_a_sharded_model_weighs_the_ranks_by_the_targets_the_loss_counts():
     for res in on_ranks(sharded_measures, timeout_s=120.0):
         for case in CASES:
             assert res[case] == pytest.approx(truth[case], rel=1e-7), case
+
+
+def unlike_targets_or_losses(rank, world):
+    """Rank 0: F.cross_entropy's token mean over labels holding -100 (told "counted"); rank 1: class
+    probabilities (no integer labels to count), or the same labels under a sum."""
+    model, _, x, y, rows = problem("one half")
+    out = {}
+    for case in ("probabilities", "sum"):
+        if rank == 0:
+            shard, loss_fn = (x[:rows], y[:rows]), nn.CrossEntropyLoss()
+        elif case == "probabilities":
+            shard, loss_fn = (x[rows:], F.one_hot(y[rows:].clamp(min=0), VOCAB).double()), nn.CrossEntropyLoss()
+        else:
+            shard, loss_fn = (x[rows:], y[rows:]), nn.CrossEntropyLoss(reduction="sum")
+        try:
+            out[case] = catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
+        except ValueError as err:
+            out[case] = str(err)
+    return out
+
+
+def test_a_counted_mean_beside_targets_it_cannot_count_or_a_sum_is_refused_on_every_rank():
+    # the union's loss has no weights for these ranks: rank 0's counted targets beside rank 1's samples
+    # read c_0 / (c_0 - 1) and -1 / (c_0 - 1) (mutation pass 27, DI4), and a counted mean beside a sum was
+    # taken as a sum, weight 1 on each rank (DI5): both gave a number of no loss, silently
+    for res in on_ranks(unlike_targets_or_losses, timeout_s=120.0):
+        assert res["probabilities"] == (
+            "distributed=True: loss_fn leaves out targets of -100 (a mean over the counted targets) on some ranks' "
+            "shards, and other ranks' targets are no tensor of integer labels to count; give every rank the same "
+            "kind of targets")
+        assert res["sum"] == ("distributed=True: loss_fn is a mean over samples on some ranks' shards and a sum on "
+                              "others'; give every rank the same loss")
