@@ -129,3 +129,21 @@ def test_each_solve_is_judged_by_its_own_tol_and_keeps_its_own_bound_and_mark():
     assert out[0].error_bound == pytest.approx(res, rel=1e-12)
     assert out[1].error_bound == pytest.approx(res, rel=1e-12)
     assert [out[2].error_bound, out[3].error_bound] == [5e-4, 2e-4]
+
+
+def test_the_kernels_float64_check_keeps_the_l2_term_of_adams_weight_decay(single_thread):
+    # Adam's L2 weight decay adds wd P^-1 to the operator (1e7 at the top here, from the rows of tiny
+    # |g|); the hand kernels' float64 product dropped it (mutation pass 27, EN3): seed 2's residual
+    # then read large and the row said 0 where the local engine's mark is 1
+    cells = []
+    for seed in (0, 1, 2):
+        config = _cell(seed).config
+        config["optimizer"]["weight_decay"] = 1e-2
+        cells.append(Cell(seed, cfg.validate(config)))
+    rows = _rows(cells, True)
+    for cell in cells:
+        local = engine.run(cell.config, progress="none").metrics[0]
+        assert rows[cell.id]["sharpness_converged"] == local["sharpness_converged"], cell.id
+        # float32 values, each within its bound (tol 1e-4) of the operator's top eigenvalue: 2 bounds apart at most
+        assert rows[cell.id]["sharpness"] == pytest.approx(local["sharpness"], rel=2e-4)
+    assert [rows[c.id]["sharpness_converged"] for c in cells] == [1, 1, 1]
