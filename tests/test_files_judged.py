@@ -26,6 +26,9 @@ def test_an_export_csv_is_known_by_cell_id_first_or_n_seeds_with_status(tmp_path
     (f"  \n<!doctype HTML><html><meta name=\"generator\" content=\"{MARK}\"></html>", True),
     (f"<svg xmlns=\"http://www.w3.org/2000/svg\"><!-- {MARK} --></svg>", False),   # a marked figure, not a report (FI5)
     ("<!DOCTYPE html>\n<html><body>a user's page</body></html>", False),
+    # the mark in a user's text, not as the page's generator: the report replaced the page
+    (f"<!DOCTYPE html>\n<html><body><p>The figures below were {MARK}.</p></body></html>", False),
+    (f"<!DOCTYPE html><html><head><title>notes</title></head><body><meta name='generator' content='{MARK}'></body>", False),
 ])
 def test_a_report_is_an_html_document_that_carries_the_mark(tmp_path, text, ours):
     path = tmp_path / "report.html"

@@ -125,6 +125,19 @@ def test_a_report_under_a_name_of_another_format_is_refused(store, tmp_path, cap
         assert (tmp_path / ok).read_bytes().lstrip().lower().startswith(b"<!doctype html")
 
 
+def test_a_users_page_that_mentions_catapult_is_not_replaced_by_a_report(store, tmp_path, capsys):
+    # "written by catapult" anywhere in an HTML file made it a report of ours: a notebook page that
+    # said so in its text was replaced, exit 0
+    page = tmp_path / "notebook.html"
+    page.write_text("<!DOCTYPE html>\n<html><body><h1>Notes</h1><p>The figures below were written by catapult; "
+                    "my notes on them follow.</p></body></html>\n")
+    before = _files(tmp_path)
+    assert cli.main(["report", "s.db", "--out", page.name]) == 2
+    err = capsys.readouterr().err
+    assert err == f"catapult report: error: --out: {page.name} exists and catapult did not write it; give a new file name (or remove it first)\n"
+    assert _files(tmp_path) == before
+
+
 def test_a_report_does_not_replace_a_figure_catapult_drew(store, tmp_path, capsys):
     # `report --out fig.png` over a marked figure: judged as an .html file, the figure's mark made
     # it "ours", and the report replaced the PNG with HTML

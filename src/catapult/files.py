@@ -14,16 +14,21 @@ import csv
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 from catapult.writing import PARTIAL_PREFIX, write_whole
 
-__all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "UNMARKED_FIGURES", "figure_mark", "figure_path", "save_figure", "fit_huge_limits",
+__all__ = ["MARK", "REPORT_MARK", "PARTIAL_PREFIX", "PNG_START", "UNMARKED_FIGURES", "figure_mark", "figure_path", "save_figure", "fit_huge_limits",
            "written_by_catapult", "is_run_record", "run_output_of_ours", "partial_of_ours", "cut_off_mapping",
            "WRITTEN", "file_digest", "recorded_digests", "missing_file_problem"]
 
 #: The text catapult's figures, reports and Parquet exports carry in their metadata.
 MARK = "written by catapult"
+#: How a report's head carries :data:`MARK`: as its generator.
+REPORT_MARK = f"<meta name='generator' content='{MARK}'>"
+#: ... which a page is judged by (either quotes, any case), in its first kilobyte and before its body
+_REPORT_META = re.compile(rb"""<meta\s+name=["']generator["']\s+content=["']""" + re.escape(MARK.encode()) + rb"""["']""", re.I)
 #: The metadata key that holds :data:`MARK`, per figure format (matplotlib's ``savefig``), and
 #: for the formats Pillow writes, its keyword.
 _FIGURE_KEYS = {"png": "Software", "pdf": "Creator", "svg": "Creator", "svgz": "Creator", "ps": "Creator",
@@ -184,7 +189,10 @@ def written_by_catapult(path, *, as_suffix: str | None = None) -> bool:
             return False
         data = path.read_bytes()
         if suffix in (".html", ".htm"):  # a report; a marked figure judged as one is not
-            return data.lstrip()[:15].lower() == b"<!doctype html>" and MARK.encode() in data
+            # its head's generator tag: a page of yours that says "written by catapult" anywhere (a
+            # notebook's "the figures below were written by catapult") was replaced by the report
+            head = data.lstrip()[:1024].lower().split(b"<body")[0]
+            return head[:15] == b"<!doctype html>" and _REPORT_META.search(head) is not None
         if suffix == ".svgz":
             import gzip
 

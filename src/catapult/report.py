@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from catapult.files import MARK, fit_huge_limits
+from catapult.files import REPORT_MARK, fit_huge_limits
 from catapult.writing import counted, write_text_whole
 
 __all__ = ["build_report", "write_report", "figure_to_data_uri"]
@@ -90,7 +90,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     # each value as written in the grid and as the cells store it (2^0 is 1 there, 1.0 here)
     by_label = {a["key"]: {v: a["labels"][i] for v, i in value_positions(axes, a["key"], cells).items()} for a in axes}
     name = title or f"Sweep report: {store.path.name}"
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='generator' content='{MARK}'><title>{html.escape(name)}</title>"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{REPORT_MARK}<title>{html.escape(name)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(name)}</h1>"]
     when = _created(store)
     total_time = sum(c["wall_time_s"] or 0.0 for c in cells)
