@@ -111,3 +111,33 @@ def test_a_link_to_an_export_is_not_taken_for_catapults_own(tmp_path):
     target.write_text("cell_id,optimizer.lr,status\n0,0.1,converged\n")
     (tmp_path / "link.csv").symlink_to(target)
     assert written_by_catapult(target) is True and written_by_catapult(tmp_path / "link.csv") is False
+
+
+USERS_TEXT_FIGURES = {   # a user's own files whose text says "written by catapult" (none in its metadata)
+    "svg": f'<svg xmlns="http://www.w3.org/2000/svg"><text x="5" y="30">figures {MARK}</text></svg>\n'.encode(),
+    "ps": f"%!PS-Adobe-3.0\n%%Title: my poster\n% figures {MARK}\nshowpage\n".encode(),
+    "eps": f"%!PS-Adobe-3.0 EPSF-3.0\n%%Creator: Inkscape\n% {MARK}\n".encode(),
+    "pdf": f"%PDF-1.4\n1 0 obj << /Length 40 >> stream\nBT ({MARK}) Tj ET\nendstream endobj\n".encode(),
+}
+
+
+@pytest.mark.parametrize("suffix", ["svg", "svgz", "ps", "eps", "pdf"])
+def test_a_text_figure_is_ours_by_its_creator_not_by_the_mark_in_its_text(tmp_path, suffix):
+    # the mark anywhere in the file made it ours: `plot --out diagram.svg` replaced a user's diagram
+    # captioned "figures written by catapult", `transfer --out poster.ps` a poster that said so
+    import gzip
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from catapult.files import figure_mark
+
+    drawn = tmp_path / f"drawn.{suffix}"
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    fig.savefig(drawn, **figure_mark(drawn))
+    mine = tmp_path / f"mine.{suffix}"
+    text = USERS_TEXT_FIGURES["svg" if suffix == "svgz" else suffix]
+    mine.write_bytes(gzip.compress(text) if suffix == "svgz" else text)
+    assert written_by_catapult(drawn) is True
+    assert written_by_catapult(mine) is False

@@ -29,6 +29,12 @@ MARK = "written by catapult"
 REPORT_MARK = f"<meta name='generator' content='{MARK}'>"
 #: ... which a page is judged by (either quotes, any case), in its first kilobyte and before its body
 _REPORT_META = re.compile(rb"""<meta\s+name=["']generator["']\s+content=["']""" + re.escape(MARK.encode()) + rb"""["']""", re.I)
+_CREATOR_SVG = re.compile(rb"<dc:creator>\s*<cc:Agent>\s*<dc:title>" + re.escape(MARK.encode()) + rb"</dc:title>")
+_CREATOR_PS = re.compile(rb"^%%Creator: " + re.escape(MARK.encode()) + rb"\r?$", re.M)
+#: Where a text figure carries :data:`MARK`: its metadata's creator, which matplotlib writes; the mark
+#: in a user's own text (an SVG diagram captioned "written by catapult") is not it
+_TEXT_FIGURE_MARKS = {".svg": _CREATOR_SVG, ".svgz": _CREATOR_SVG, ".ps": _CREATOR_PS, ".eps": _CREATOR_PS,
+                      ".pdf": re.compile(rb"/Creator \(" + re.escape(MARK.encode()) + rb"\)")}
 #: The metadata key that holds :data:`MARK`, per figure format (matplotlib's ``savefig``), and
 #: for the formats Pillow writes, its keyword.
 _FIGURE_KEYS = {"png": "Software", "pdf": "Creator", "svg": "Creator", "svgz": "Creator", "ps": "Creator",
@@ -197,7 +203,9 @@ def written_by_catapult(path, *, as_suffix: str | None = None) -> bool:
             import gzip
 
             data = gzip.decompress(data)
-        return MARK.encode() in data
+        if suffix in _TEXT_FIGURE_MARKS:
+            return _TEXT_FIGURE_MARKS[suffix].search(data) is not None
+        return MARK.encode() in data   # a binary figure's metadata: PNG, JPEG, TIFF, GIF, WebP, AVIF
     except Exception:  # unreadable, not UTF-8, or not Parquet (pyarrow's own errors): not ours
         return False
 
