@@ -92,3 +92,33 @@ def test_the_hand_kernels_refuse_ignored_labels_the_torch_func_engine_counts_the
     prefix = "train" if split == "y_train" else "test"
     assert row[f"{prefix}_loss"] == pytest.approx(true_loss, rel=1e-5)   # float32 forward
     assert row[f"{prefix}_accuracy"] == pytest.approx(true_acc, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["loss_grads", "sharpness", "evaluate"])
+def test_direct_kernel_stack_calls_with_ignored_labels_are_refused(method):
+    # only run_ensemble's entry checked: KernelStack.evaluate on test labels half -100 read a loss of 1.2232 and an
+    # accuracy of 0.05 for the true 2.4463 and 0.1 (the ignored rows' zero losses averaged in, counted as misses);
+    # loss_grads and sharpness raised IndexError in Python's words
+    from test_sweep_ensemble import _stacked
+
+    stack, data = _stacked("cross_entropy", "sp", 1.0, "relu", n=2)
+    x, y = data.x_test, data.y_test.clone()
+    y[::2] = -100
+    calls = {"loss_grads": lambda y: stack.loss_grads(x, y, True),
+             "sharpness": lambda y: stack.sharpness([0, 1], x, y, torch.ones(2, stack.n_params, dtype=torch.float64)),
+             "evaluate": lambda y: stack.evaluate([0, 1], x, y)}
+    with pytest.raises(ValueError, match=rf"^KernelStack\.{method}: the labels y hold -100 \(ignored targets\).*run_group"):
+        calls[method](y)
+    keep = y != -100
+    with torch.no_grad():
+        out = stack.forward(stack.params, stack.masks, x)
+    # the counted rows alone pass: F.cross_entropy's mean leaving -100 out, and the hits among them
+    truth = [float(F.cross_entropy(out[m], y, ignore_index=-100)) for m in range(2)]
+    hits = [float((out[m][keep].argmax(1) == y[keep]).double().mean()) for m in range(2)]
+    if method == "evaluate":
+        got = stack.evaluate([0, 1], x[keep], y[keep])
+        assert [g[0] for g in got] == pytest.approx(truth, rel=1e-12)
+        assert [g[1] for g in got] == pytest.approx(hits, rel=1e-12, abs=1e-15)
+    else:
+        losses, accs, _ = stack.loss_grads(x[keep], y[keep], False)
+        assert losses.tolist() == pytest.approx(truth, rel=1e-12) and accs == pytest.approx(hits, rel=1e-12, abs=1e-15)
