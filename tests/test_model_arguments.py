@@ -111,3 +111,34 @@ def test_a_model_flag_given_as_a_numpy_bool_or_0_1_builds_what_it_says():
     assert sum(p.numel() for p in MLP(3, 2, width=8, depth=2, bias=1).parameters()) == 3 * 8 + 8 + 8 * 2 + 2
     tied = GPT(10, tie_embeddings=np.True_, **_GPT)
     assert sum(p.numel() for p in tied.parameters()) < sum(p.numel() for p in GPT(10, tie_embeddings=0, **_GPT).parameters())
+
+
+ALPHA32 = np.float32(0.3)   # 0.30000001192092896 as a double
+
+
+def _readout_multiplier(model):
+    if isinstance(model, GPT):
+        return model.output_multiplier
+    return [m for m in model.modules() if hasattr(m, "multiplier")][-1].multiplier
+
+
+@pytest.mark.parametrize("build", [
+    lambda a: GPT(11, d_model=48, n_layers=1, n_heads=2, context=4, parametrization="mup", base_width=16, alpha_out=a),
+    lambda a: MLP(3, 2, width=48, depth=2, parametrization="mup", base_width=16, alpha_out=a),
+    lambda a: WRN(3, 10, depth=10, widen=3, parametrization="mup", base_widen=1, alpha_out=a),
+    lambda a: catapult.parametrize(_net(), "mup", width=48, base_width=16, alpha_out=a),
+], ids=["GPT", "MLP", "WRN", "parametrize"])
+def test_a_numpy_alpha_out_is_a_python_float_in_the_readout_multiplier(build):
+    # alpha_out=np.float32(0.3) kept NumPy's type: GPT's alpha_out / m_d was float32's 0.1 for the double
+    # 0.30000001192092896 / 3 = 0.10000000397364299, and a float64 GPT's logits were 1.7e-9 off
+    torch.manual_seed(0)
+    model = build(ALPHA32).double()
+    torch.manual_seed(0)
+    twin = build(float(ALPHA32)).double()
+    multiplier = _readout_multiplier(model)
+    assert type(multiplier) is float and multiplier == float(ALPHA32) / 3
+    x = torch.randint(0, 11, (2, 4)) if isinstance(model, GPT) else torch.randn(2, *((3, 8, 8) if isinstance(
+        model, WRN) else (model[0].in_features,) if isinstance(model, torch.nn.Sequential) else (3,)),
+        dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), twin.eval()(x))

@@ -483,8 +483,11 @@ def parametrize(
     if width is None:
         width = _default_width(all_layers, layer_roles)
     base = width if base_width is None else base_width
-    for label, value in (("width", width), ("base_width", base), ("alpha_in", alpha_in), ("alpha_out", alpha_out)):
+    for label, value in (("width", width), ("base_width", base)):
         check_real("parametrize()", label, value, low=0.0, low_open=True)
+    # as Python floats: an np.float32 alpha_out made alpha_out / m_d in float32 (as the models', models/gpt.py)
+    alpha_in, alpha_out = (check_real("parametrize()", label, value, low=0.0, low_open=True)
+                           for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)))
     check_std("parametrize()", "init_std", 1.0 if init_std is None else init_std)  # nan too; init_std**2 overflowed
     # a negative gain was silently |gain| (its square is the variance), nan and "x" torch's or Python's words
     check_real("parametrize()", "gain", gain, low=0.0, high=STD_MAX)

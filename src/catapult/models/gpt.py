@@ -255,8 +255,10 @@ class GPT(nn.Module):
         check_seed("GPT", "mask_seed", mask_seed)
         init_std = check_std("GPT", "init_std", init_std)  # init_std**2 raised OverflowError above 1.3e154
         dropout = _check_dropout("GPT", dropout)
-        for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
-            check_real("GPT", label, value, low=0.0, low_open=True)
+        # as Python floats: alpha_out=np.float32(0.3) kept NumPy's float32 in alpha_out / m_d (0.1 for 0.3 / 3 =
+        # 0.10000000397), and a float64 model's logits were 1.7e-9 off those of alpha_out=0.3 as a float
+        alpha_in, alpha_out = (check_real("GPT", label, value, low=0.0, low_open=True)
+                               for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)))
         if parametrization == "sp" and (alpha_in != 1.0 or alpha_out != 1.0):
             raise ValueError("GPT alpha_in / alpha_out apply to mup and supar only")
         check_positive_int("GPT", "base_width", base_width, optional=True)

@@ -152,8 +152,10 @@ class MLP(nn.Module):
                              "depth >= 2")
         check_seed("MLP", "mask_seed", mask_seed)
         weight_var = check_real("MLP", "weight_var", weight_var, low=0.0, low_open=True)
-        for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
-            check_real("MLP", label, value, low=0.0, low_open=True)
+        # as Python floats: alpha_out=np.float32(0.3) kept NumPy's float32 in alpha_out / m_d (0.1 for 0.3 / 3 =
+        # 0.10000000397), and a float64 model's logits were 1.7e-9 off those of alpha_out=0.3 as a float
+        alpha_in, alpha_out = (check_real("MLP", label, value, low=0.0, low_open=True)
+                               for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)))
         table_form = parametrization.startswith("supar") or (parametrization == "mup"
                                                              and base_width is not None)
         if not table_form and (alpha_in != 1.0 or alpha_out != 1.0):

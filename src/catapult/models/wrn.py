@@ -196,8 +196,8 @@ class WRN(nn.Module):
         check_positive_int("WRN", "base_widen", base_widen, optional=True)
         bias = check_flag("WRN", "bias", bias)  # bias="no" built biases
         weight_var = check_real("WRN", "weight_var", weight_var, low=0.0, low_open=True)
-        for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
-            check_real("WRN", label, value, low=0.0, low_open=True)
+        alpha_in, alpha_out = (check_real("WRN", label, value, low=0.0, low_open=True)   # Python floats (as GPT's)
+                               for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)))
         table_form = parametrization.startswith("supar") or (parametrization == "mup" and base_widen is not None)
         if not table_form and (alpha_in != 1.0 or alpha_out != 1.0):
             raise ValueError("WRN alpha_in / alpha_out apply to the table form only "
