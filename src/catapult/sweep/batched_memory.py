@@ -17,6 +17,12 @@ With ``eval.sharpness_chunk_size = c`` the HVP's activations are those of a chun
 samples (``A`` scaled by ``c / batch``). The test set is evaluated in bounded groups
 (:meth:`~catapult.sweep.batched_model.StackedModel.members_per_pass`), so it is left out.
 
+The float64 check of a float32 pre-conditioned mark (:func:`~catapult.sweep.batched_loop.certified_members`)
+is not counted: it runs after the solve's graph and basis are gone, on at most half of the chunk's members
+at a time, and measured (``bench/probe_check_memory.py``, RESULTS) it stayed at 0.45-0.75x of the solve's
+peak for chunks of 2 to 4 members. Only a chunk of one member checks all of it (1.2-2.2x its solve's
+peak), and no estimate can make a chunk smaller than one member.
+
 The budget (:func:`memory_budget`): on CUDA the device's free memory times ``fraction_cuda``
 (0.9: headroom for the allocator's fragmentation); on the CPU a fraction (``fraction``, the
 executor's ``func_memory_fraction``) of the machine's physical memory. A chunk holds

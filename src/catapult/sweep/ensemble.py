@@ -215,7 +215,9 @@ def member_bytes(config: Mapping[str, Any], in_features: int, out_features: int,
     graph ~3 copies)
     plus activations: ``n_batch x sum(widths)`` x 8 (forward values, activation masks,
     backward, and the double-backprop graph of a Hessian-vector product) and
-    ``n_test x sum(widths)`` x 2 for the test evaluation.
+    ``n_test x sum(widths)`` x 2 for the test evaluation. The float64 check of a float32
+    pre-conditioned mark is not counted: it stays within the solve's peak for chunks of two or
+    more members (:mod:`catapult.sweep.batched_memory`).
     """
     dims = _layer_dims(config, in_features, out_features)
     bias = config["model"]["bias"]
