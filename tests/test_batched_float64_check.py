@@ -147,3 +147,25 @@ def test_the_kernels_float64_check_keeps_the_l2_term_of_adams_weight_decay(singl
         # float32 values, each within its bound (tol 1e-4) of the operator's top eigenvalue: 2 bounds apart at most
         assert rows[cell.id]["sharpness"] == pytest.approx(local["sharpness"], rel=2e-4)
     assert [rows[c.id]["sharpness_converged"] for c in cells] == [1, 1, 1]
+
+
+def test_each_members_reach_counts_the_rows_of_its_own_gradient():
+    # member 1's gradient is 0 on the row of small P (d = 1e3): that row's rounding is 0 and its reach
+    # 8 eps y_0^2 / |y|^2, within tol, so it is not checked; member 0's counts the row (reach 2.4e-3 > tol),
+    # checked in float64 (mutation pass 27, BL4: every member's reach from member 0's gradient)
+    from catapult.sweep.batched_loop import certified_members
+
+    A = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64))
+    ests = [EigenEstimate(4.001, torch.tensor([1.0, 0.05]), 3, True, 1e-7, 1e-7) for _ in range(2)]
+    asked = []
+
+    def product(positions, Y):
+        asked.extend(positions)
+        return Y @ A
+    d = torch.tensor([[1.0, 1e3], [1.0, 1e3]])
+    out = certified_members(ests, d, torch.tensor([[1.0, 1.0], [1.0, 0.0]]), [1e-3, 1e-3], product)
+    assert asked == [0]
+    y = np.array([1.0, 0.05], dtype=np.float32).astype(np.float64)
+    reach = 8 * float(np.finfo(np.float32).eps) * y[0] ** 2 / (y @ y)   # NumPy: d_0 = d_min = 1
+    assert out[1].error_bound == pytest.approx(reach, rel=1e-12) and out[1].converged
+    assert out[0].error_bound > 1e-3 and not out[0].converged   # the float64 residual, 0.0375
