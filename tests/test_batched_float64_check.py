@@ -169,3 +169,19 @@ def test_each_members_reach_counts_the_rows_of_its_own_gradient():
     reach = 8 * float(np.finfo(np.float32).eps) * y[0] ** 2 / (y @ y)   # NumPy: d_0 = d_min = 1
     assert out[1].error_bound == pytest.approx(reach, rel=1e-12) and out[1].converged
     assert out[0].error_bound > 1e-3 and not out[0].converged   # the float64 residual, 0.0375
+
+
+def test_a_solve_whose_value_is_not_finite_is_returned_as_it_came():
+    # an infinite value (a float32 overflow) beyond tol's reach is not taken to float64: its residual and
+    # bound stay the solver's inf, not the check's nan (mutation pass 27, CE7: every solve counted as finite)
+    from catapult.curvature.certify import float32_certified
+
+    asked = []
+
+    def product(positions, Y):
+        asked.extend(positions)
+        return Y
+    est = EigenEstimate(float("inf"), torch.tensor([1.0, 0.05]), 3, False, float("inf"), float("inf"))
+    out = float32_certified([est], [5e-3], [1e-3], product)[0]
+    assert asked == []
+    assert (out.value, out.converged, out.residual, out.error_bound) == (float("inf"), False, float("inf"), float("inf"))
