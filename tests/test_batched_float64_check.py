@@ -185,3 +185,25 @@ def test_a_solve_whose_value_is_not_finite_is_returned_as_it_came():
     out = float32_certified([est], [5e-3], [1e-3], product)[0]
     assert asked == []
     assert (out.value, out.converged, out.residual, out.error_bound) == (float("inf"), False, float("inf"), float("inf"))
+
+
+def test_members_measured_apart_from_the_first_are_checked_with_their_own_operators(single_thread):
+    # RAdam with beta2 0.5 never rectifies (rho_inf 3 <= 5: its Hessian measured), with 0.999 once rho_t > 5
+    # (about step 6): there the pre-conditioned rows are [1, 2] of the stack, and the float64 check of solve k is member
+    # rows[k]'s (mutation pass 27, BA2: member k's, whose un-rectified RAdam has no pre-conditioner, so
+    # the engine raised and every cell fell back to the local engine)
+    cells = []
+    for i, (seed, beta2) in enumerate(((0, 0.5), (0, 0.999), (1, 0.999))):
+        config = _cell(seed, "radam").config
+        config["optimizer"]["betas"] = [0.9, beta2]
+        config["train"]["steps"] = 8
+        cells.append(Cell(i, cfg.validate(config)))
+    ex = EnsembleExecutor(kernels=False)
+    results = dict(ex.run(cells))
+    assert ex.fallbacks == []
+    for cell in cells[1:]:
+        local = engine.run(cell.config, progress="none").metrics
+        for row, want in zip(results[cell.id].metrics[6:], local[6:]):
+            assert row["step"] == want["step"] and row["sharpness_converged"] == want["sharpness_converged"] == 1
+            # float32 values, each within its bound (tol 1e-4) of the operator's top eigenvalue
+            assert row["sharpness"] == pytest.approx(want["sharpness"], rel=2e-4)
