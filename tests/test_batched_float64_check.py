@@ -207,3 +207,26 @@ def test_members_measured_apart_from_the_first_are_checked_with_their_own_operat
             assert row["step"] == want["step"] and row["sharpness_converged"] == want["sharpness_converged"] == 1
             # float32 values, each within its bound (tol 1e-4) of the operator's top eigenvalue
             assert row["sharpness"] == pytest.approx(want["sharpness"], rel=2e-4)
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "func"])
+def test_members_measured_without_the_first_are_checked_with_their_own_operators(kernels, single_thread):
+    # member 0 measures every 2 steps, members 1 and 2 every step: at step 1 the solves are of rows [1, 2],
+    # both beyond tol's reach, and solve k's float64 check is member rows[k]'s (mutation pass 27, EN2: on
+    # the kernels member k's, seed 7's operator for seed 0's vector: both rows marked 0, local's 1)
+    cells = []
+    for i, (seed, every) in enumerate(((7, 2), (0, 1), (1, 1))):
+        config = _cell(seed).config
+        config["eval"]["sharpness_every"] = every
+        config["train"]["steps"] = 3
+        cells.append(Cell(i, cfg.validate(config)))
+    ex = EnsembleExecutor(kernels=kernels)
+    results = dict(ex.run(cells))
+    assert ex.fallbacks == []
+    assert results[0].metrics[1]["sharpness"] is None   # (member 0 not measured at step 1)
+    for cell in cells[1:]:
+        row, local = results[cell.id].metrics[1], engine.run(cell.config, progress="none").metrics[1]
+        assert row["step"] == local["step"] == 1
+        assert row["sharpness_converged"] == local["sharpness_converged"] == 1
+        # float32 values, each within its bound (tol 1e-4) of the operator's top eigenvalue
+        assert row["sharpness"] == pytest.approx(local["sharpness"], rel=2e-4)
