@@ -230,3 +230,27 @@ def test_members_measured_without_the_first_are_checked_with_their_own_operators
         assert row["sharpness_converged"] == local["sharpness_converged"] == 1
         # float32 values, each within its bound (tol 1e-4) of the operator's top eigenvalue
         assert row["sharpness"] == pytest.approx(local["sharpness"], rel=2e-4)
+
+
+def test_an_lr_scaled_solve_ends_as_the_local_engines_without_a_preconditioner(single_thread):
+    # SGD under muP, width 1024 over base_width 4: the groups' lr multipliers span 256x, so lr_scaled's
+    # M^1/2 reaches past tol 1e-4 by the pre-conditioned rule's formula (2e-4); the local engine ends such a
+    # solve as it came, and so must the batched one (mutation pass 27, BA1: sent through the pre-conditioned
+    # float64 check, it asked SGD for a pre-conditioner: ValueError, and every cell fell back to local)
+    cells = []
+    for seed in (0, 1):
+        config = _cell(seed, "sgd").config
+        config["model"].update(width=1024, base_width=4, parametrization="mup")
+        config["optimizer"]["lr"] = 0.01
+        config["train"]["steps"] = 1
+        cells.append(Cell(seed, cfg.validate(config)))
+    ex = EnsembleExecutor(kernels=False)
+    results = dict(ex.run(cells))
+    assert ex.fallbacks == []
+    for cell in cells:
+        assert results[cell.id].summary["sharpness_kind"] == "lr_scaled"
+        local = engine.run(cell.config, progress="none").metrics
+        for row, want in zip(results[cell.id].metrics, local):
+            assert row["sharpness_converged"] == want["sharpness_converged"] == 1
+            # float32 values, each within its bound (tol 1e-4) of the operator's top eigenvalue
+            assert row["sharpness"] == pytest.approx(want["sharpness"], rel=2e-4)
