@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -105,6 +106,9 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights",
     path = Path(path)
     if (problem := missing_file_problem(path)) is not None:
         raise cfg.ConfigError([(key, problem)])
+    if (damaged := _damaged_entry(path)) is not None:
+        raise cfg.ConfigError([(key, f"{path} is damaged: its entry {damaged} does not match the CRC-32 torch.save "
+                                     "recorded for it (a changed or corrupted copy); save or copy the weights again")])
     try:
         with warnings.catch_warnings():  # e.g. a pickle protocol torch.save does not write
             warnings.simplefilter("ignore")
@@ -155,6 +159,30 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights",
         model.load_state_dict(state)
     except ParametrizationMismatch as err:  # saved under another parametrization or density: was a traceback
         raise cfg.ConfigError([(key, f"{path} does not fit the config's model: {err}")]) from None
+
+
+def _damaged_entry(path: Path) -> str | None:
+    """The first entry of the zip archive ``torch.save`` wrote at ``path`` whose bytes fail the CRC-32
+    recorded for it, or None (every entry intact, or no archive zipfile reads: then torch.load judges
+    the file). torch.load does not check the checksums: a flipped byte in a tensor's data was loaded,
+    and measured, as the weights. A recorded CRC of 0 is not checked: torch writes 0 where it was told
+    not to compute them (``torch.utils.serialization.config.save.compute_crc32 = False``)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 or info.is_dir():
+                    continue
+                try:
+                    with archive.open(info) as entry:   # read to its end: zipfile compares the CRC-32 there
+                        while entry.read(1 << 24):
+                            pass
+                except zipfile.BadZipFile:
+                    return info.filename
+    except (OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError, EOFError):
+        return None
+    return None
 
 
 def _head(path: Path) -> bytes:
