@@ -21,7 +21,7 @@ except ImportError:   # Windows: no flock (write_whole then works by path names)
     fcntl = None
 
 __all__ = ["PARTIAL_PREFIX", "write_whole", "write_text_whole", "write_errors_named", "csv_cell", "csv_text",
-           "link_new", "counted"]
+           "link_new", "counted", "printable"]
 
 #: What :func:`write_whole` puts before a file's name while it writes it.
 PARTIAL_PREFIX = ".partial-"
@@ -148,6 +148,23 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
     ('1 cell', '0 cells', '2 processes')
     """
     return f"{n} {noun if n == 1 else (plural or noun + 's')}"
+
+
+#: The control characters (Unicode's ``Cc``: C0, DEL and C1) but newline and tab, each to its escape.
+_CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\n\t"}
+
+
+def printable(text: str) -> str:
+    r"""``text`` with its control characters but newline and tab written as their escapes (``\x1b``,
+    ``\r``, ``\x07``, C1's ``\x9b``): a store's text printed on a terminal or drawn in a figure
+    cannot move the cursor, clear the screen or set the window title (an escape sequence in a
+    hand-made store's grid value did all three through ``catapult transfer``'s table).
+
+    >>> print(printable("sp\x1b]0;title\x07\rok\ngo"))
+    sp\x1b]0;title\x07\rok
+    go
+    """
+    return str(text).translate(_CONTROLS)
 
 
 def csv_cell(value: Any) -> str:

@@ -29,6 +29,7 @@ from catapult.cli import coord_check, critical_lr, demo, spectrum, sweep, train,
 from catapult.cli.common import add_config_arguments, apply_threads, config_from_args, overrides_from_args
 from catapult.config import ConfigError, MissingDependency
 from catapult.engine.run_dir import ResultsKept, RunDirectoryError
+from catapult.writing import printable
 
 __all__ = ["main", "report", "build_parser", "COMMANDS", "add_config_arguments", "config_from_args",
            "overrides_from_args", "apply_threads", "MAX_MESSAGE"]
@@ -189,7 +190,7 @@ def _error(command: str | None, message: str) -> None:
     prefix = f"catapult {command}" if command else "catapult"
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + f" ... ({len(message) - MAX_MESSAGE:,} more characters)"
-    print(f"{prefix}: error: {message}", file=sys.stderr)
+    print(f"{prefix}: error: {printable(message)}", file=sys.stderr)   # quoted input: no escape sequences
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,7 +33,7 @@ from pathlib import Path
 from catapult.cli.common import (check_image_file, check_out_file, coord_check_ignored_note, figure_path, output_folders,
                                  store_problem, threads_problem, where_values, workers_problem)
 from catapult.config import ConfigError
-from catapult.writing import counted
+from catapult.writing import counted, printable
 
 __all__ = ["register", "resume_command"]
 
@@ -156,7 +156,7 @@ def _plot_metric(text: str) -> str:
 
 
 def _fail(command: str, message: str) -> int:
-    print(f"catapult {command}: error: {message}", file=sys.stderr)
+    print(f"catapult {command}: error: {printable(message)}", file=sys.stderr)  # a store's text: no escape sequences
     return 2
 
 
@@ -490,7 +490,7 @@ def _plot_command(args: argparse.Namespace) -> int:
                 print(f"wrote {out}")
                 note = unfinished_note(grid)
                 if note:
-                    print(f"catapult plot: warning: {note}", file=sys.stderr)
+                    print(f"catapult plot: warning: {printable(note)}", file=sys.stderr)
                 if ids:
                     statuses = {label: known[i]["status"] for label, i in zip(runs, ids)}
                     plot_cell_trajectories(runs, traj, statuses=statuses)
@@ -532,7 +532,8 @@ def _transfer_command(args: argparse.Namespace) -> int:
     out = figure_path(args.out) if args.out else Path(f"{store_path.with_suffix('')}_transfer.png")
     with output_folders(out):
         plot_transfer(curves, out, title=store_path.stem)
-    print(json.dumps(transfer_summary(curves), indent=2) if args.json else transfer_table(curves))
+    # the table writes the store's values: a hand-made one's escape sequences cleared the terminal
+    print(json.dumps(transfer_summary(curves), indent=2) if args.json else printable(transfer_table(curves)))
     print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
     # a swept key on no role was averaged over like a seed: relu and tanh cells made one point, and
     # the table gave the mix's optimum without a word (the phase plot's title names such keys)
@@ -542,7 +543,7 @@ def _transfer_command(args: argparse.Namespace) -> int:
                        f"of the mix; fix such a key with --where KEY=VALUE, or draw it with --series or --panel")
     for note in (unfinished_note(curves), edge_note(curves), mixed):
         if note:
-            print(f"catapult transfer: warning: {note}", file=sys.stderr)
+            print(f"catapult transfer: warning: {printable(note)}", file=sys.stderr)
     return 0
 
 

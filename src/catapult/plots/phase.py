@@ -27,6 +27,7 @@ from catapult.sweep.spec import canonical_json
 # defined with the store's columns: `catapult plot`'s --metric is checked without this module (numpy)
 from catapult.sweep.store_export import mean_std
 from catapult.sweep.store_schema import PLOT_METRICS, check_plot_metric
+from catapult.writing import printable
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: the grids and tables need none
     from matplotlib.figure import Figure
@@ -470,7 +471,7 @@ def plain_text(text: Any) -> str:
     >>> print(plain_text("/tmp/$x$"))
     /tmp/\\$x\\$
     """
-    return str(text).replace("$", r"\$")
+    return printable(text).replace("$", r"\$")   # a control character: its escape, not a missing glyph
 
 
 def _axis_title(key: str) -> str:
