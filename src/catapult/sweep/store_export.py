@@ -284,7 +284,9 @@ def write_parquet(store, path: str | Path, *, aggregate: bool = False) -> Path:
     """Write :func:`export_table` (or :func:`aggregate_table`) as Parquet (needs the optional
     ``pyarrow``). Swept columns whose values mix numbers and strings are written as strings (a list
     or mapping among them as its JSON text, as :func:`write_csv` writes it); a column of lists (a
-    swept ``optimizer.betas``) as Parquet's list type, or as JSON text where its items mix types."""
+    swept ``optimizer.betas``) as Parquet's list type, or as JSON text where its items mix types; a
+    column of integers beyond int64 (a seed of 2^63 or more) as unsigned 64-bit, or beyond that as
+    each number's text."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -301,6 +303,11 @@ def write_parquet(store, path: str | Path, *, aggregate: bool = False) -> Path:
             values = [None if v is None else csv_cell(v) for v in values]   # a list as JSON, as in the CSV
         elif kinds == {int, float}:
             values = [None if v is None else float(v) for v in values]
+        elif kinds == {int} and not all(-2 ** 63 <= v < 2 ** 63 for v in values if v is not None):
+            # beyond int64 (a seed of 2^63: torch takes seeds below 2^64) was pyarrow's OverflowError:
+            # unsigned 64-bit where every value fits, else each number's exact text, as in the CSV
+            fits = all(0 <= v < 2 ** 64 for v in values if v is not None)
+            values = pa.array(values, type=pa.uint64()) if fits else [None if v is None else str(v) for v in values]
         elif kinds & {list, tuple, dict}:
             try:   # a list column (betas) as Parquet's own list type, else (mixed items) its JSON text
                 pa.array(values)
