@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from catapult.files import REPORT_MARK, fit_huge_limits
-from catapult.writing import counted, write_text_whole
+from catapult.writing import counted, printable, write_text_whole
 
 __all__ = ["build_report", "write_report", "figure_to_data_uri"]
 
@@ -40,6 +40,12 @@ pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 .warning { background: #fff4d6; padding: 0.4em 0.8em; }
 details { max-width: 40em; white-space: normal; text-align: left; }
 """
+
+
+def _escape(text: Any) -> str:
+    """A store's text as HTML text: markup escaped, and control characters (but newline and tab) as
+    their escapes, which HTML does not allow (a NUL or an ESC in a cell's error was a parse error)."""
+    return html.escape(printable(text))
 
 
 def figure_to_data_uri(fig) -> str:
@@ -64,7 +70,7 @@ def _fmt(value: Any, key: str = "") -> str:
         if "accuracy" in key:
             return f"{100 * value:.2f}%"
         return f"{value:.4g}"
-    return html.escape(str(value))  # everything from the store is text, never markup
+    return _escape(str(value))  # everything from the store is text, never markup
 
 
 #: The phase diagrams a report draws; ``metric`` (the one whose best cell is marked and whose best and
@@ -90,17 +96,17 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     # each value as written in the grid and as the cells store it (2^0 is 1 there, 1.0 here)
     by_label = {a["key"]: {v: a["labels"][i] for v, i in value_positions(axes, a["key"], cells).items()} for a in axes}
     name = title or f"Sweep report: {store.path.name}"
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{REPORT_MARK}<title>{html.escape(name)}</title>"
-             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(name)}</h1>"]
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{REPORT_MARK}<title>{_escape(name)}</title>"
+             f"<style>{_CSS}</style></head><body>", f"<h1>{_escape(name)}</h1>"]
     when = _created(store)
     total_time = sum(c["wall_time_s"] or 0.0 for c in cells)
     parts.append(
-        f"<p>Store <code>{html.escape(str(store.path))}</code>, created {when}; {counted(len(cells), 'cell')} over "
-        + ", ".join(f"<code>{html.escape(a['key'])}</code> ({len(a['values'])})" for a in axes)
+        f"<p>Store <code>{_escape(str(store.path))}</code>, created {when}; {counted(len(cells), 'cell')} over "
+        + ", ".join(f"<code>{_escape(a['key'])}</code> ({len(a['values'])})" for a in axes)
         + f"; {total_time:.1f} s of training in all.</p>"
     )
     parts.append("<p class='counts'>" + "".join(
-        f"<span><b>{n}</b> {html.escape(str(s))}</span>" for s, n in counts.items() if n) + "</p>")
+        f"<span><b>{n}</b> {_escape(str(s))}</span>" for s, n in counts.items() if n) + "</p>")
 
     # ---- figures
     parts.append("<h2>Phase diagrams</h2><div class='figs'>")
@@ -113,7 +119,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
                 grid = phase_grid(cells, axes, m, x, y)
                 note = unfinished_note(grid) if m == metric else None
                 if note:
-                    parts.append(f"<p class='warning'><b>Unfinished:</b> {html.escape(note)}.</p>")
+                    parts.append(f"<p class='warning'><b>Unfinished:</b> {_escape(note)}.</p>")
                 if m == metric and grid.best is not None:
                     i, j = grid.best
                     best_id = grid.members[i][j][0] if len(grid.members[i][j]) == 1 else None
@@ -124,7 +130,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
                 parts.append(f"<img alt='phase diagram of {m}' src='{figure_to_data_uri(fig)}'>")
                 figures_made = True
         except ValueError as err:
-            parts.append(f"<p>No phase diagram: {html.escape(str(err))}</p>")
+            parts.append(f"<p>No phase diagram: {_escape(str(err))}</p>")
     if not figures_made:
         parts.append("<p>No finished cells yet.</p>")
     parts.append("</div>")
@@ -154,18 +160,18 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     head = ["cell", *keys, "status", *metric_cols, "lambda_0", "lr_target", "steps", "time (s)", "error"]
     parts.append("<h2>Results</h2><p>Final values are at the last step (test metrics from the last evaluation); "
                  "best values are over the run. Accuracies in %.</p><table><tr>"
-                 + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+                 + "".join(f"<th>{_escape(h)}</th>" for h in head) + "</tr>")
     for c in cells:
         cls = c["status"] if c["status"] in ("diverged", "failed") else ("best" if c["id"] == best_id else "")
         row = [f"<td>{_fmt(c['id'])}</td>"]
-        row += [f"<td class='text'>{html.escape(_label(by_label, k, c['swept'].get(k)))}</td>" for k in keys]
-        row.append(f"<td class='text'>{html.escape(str(c['status']))}</td>")
+        row += [f"<td class='text'>{_escape(_label(by_label, k, c['swept'].get(k)))}</td>" for k in keys]
+        row.append(f"<td class='text'>{_escape(str(c['status']))}</td>")
         row += [f"<td>{_fmt(c.get(m, spectra[c['id']].get(m)), m)}</td>" for m in metric_cols]
         row += [f"<td>{_fmt(c.get('lambda_0'))}</td>", f"<td>{_fmt(c.get('lr_target'))}</td>",
                 f"<td>{_fmt(c.get('steps_completed'))}</td>", f"<td>{_fmt(c.get('wall_time_s'))}</td>"]
         err = c.get("error")
-        row.append("<td class='text'>" + (f"<details><summary>{html.escape(err.splitlines()[0][:80])}</summary>"
-                                          f"<pre>{html.escape(err)}</pre></details>" if err else "") + "</td>")
+        row.append("<td class='text'>" + (f"<details><summary>{_escape(err.splitlines()[0][:80])}</summary>"
+                                          f"<pre>{_escape(err)}</pre></details>" if err else "") + "</td>")
         parts.append(f"<tr class='{cls}'>" + "".join(row) + "</tr>")
     parts.append("</table>")
 
@@ -177,14 +183,14 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
         for row in lam:
             inputs = store.json_field(row["inputs_json"] or None, f"lambda0 {row['key']!r} inputs_json") or {}
             mark = store.lambda0_converged(row["key"])   # checked: a damaged mark is a StoreError
-            parts.append(f"<tr><td class='text'>{html.escape(row['key'])}</td><td>{_fmt(inputs.get('seed'))}</td>"
+            parts.append(f"<tr><td class='text'>{_escape(row['key'])}</td><td>{_fmt(inputs.get('seed'))}</td>"
                          f"<td>{_fmt(row['value'])}</td><td class='text'>"
                          f"{'' if mark is None else 'yes' if mark else 'no'}</td></tr>")
         parts.append("</table>")
-    parts.append("<h2>Sweep spec</h2><pre>" + html.escape(yaml.safe_dump(
+    parts.append("<h2>Sweep spec</h2><pre>" + _escape(yaml.safe_dump(
         {**spec["base"], "sweep": spec["sweep"]}, sort_keys=False, default_flow_style=None)) + "</pre>")
-    parts.append(f"<p><small>catapult {html.escape(store.meta('catapult_version') or '')}, "
-                 f"spec sha256 {html.escape((store.meta('spec_hash') or '')[:16])}</small></p></body></html>")
+    parts.append(f"<p><small>catapult {_escape(store.meta('catapult_version') or '')}, "
+                 f"spec sha256 {_escape((store.meta('spec_hash') or '')[:16])}</small></p></body></html>")
     return "\n".join(parts)
 
 
@@ -215,11 +221,11 @@ def _seeds_section(store, axes: Sequence[Mapping[str, Any]],
     keys = columns[:columns.index("n_seeds")]
     shown = ("best_test_accuracy", "test_accuracy", "best_test_loss", "train_loss")
     # a collapsed seed finished and its values are averaged: '2 (1/0)' read as one seed behind a mean ± std of two
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in [*keys, "seeds (finished/diverged/collapsed)", *shown])
+    head = "".join(f"<th>{_escape(c)}</th>" for c in [*keys, "seeds (finished/diverged/collapsed)", *shown])
     out = ["<h2>Over seeds (mean ± std)</h2><table><tr>" + head + "</tr>"]
     at = {c: j for j, c in enumerate(columns)}
     for row in rows:
-        cells = [f"<td class='text'>{html.escape(_label(by_label or {}, k, row[at[k]]))}</td>" for k in keys]
+        cells = [f"<td class='text'>{_escape(_label(by_label or {}, k, row[at[k]]))}</td>" for k in keys]
         cells.append(f"<td>{row[at['n_seeds']]} ({row[at['n_finished']]}/{row[at['n_diverged']]}/"
                      f"{row[at['n_collapsed']]})</td>")
         for m in shown:
@@ -244,20 +250,20 @@ def _transfer_section(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping
     try:
         curves = transfer_curves(cells, axes, x=x, series=series, metric="test_loss")
     except ValueError as err:
-        return [f"<p>No transfer curves: {html.escape(str(err))}</p>"]
+        return [f"<p>No transfer curves: {_escape(str(err))}</p>"]
     if not any(math.isfinite(v) for by in curves.curves.values() for pts in by.values() for _, v in pts):
         return []
     fig = plot_transfer(curves, title=f"final test_loss vs {x}, one curve per {series}")
     header, rows = optima_rows(curves)
-    table = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"]
-    table += ["<tr>" + "".join(f"<td class='text'>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+    table = ["<table><tr>" + "".join(f"<th>{_escape(c)}</th>" for c in header) + "</tr>"]
+    table += ["<tr>" + "".join(f"<td class='text'>{_escape(c)}</td>" for c in row) + "</tr>" for row in rows]
     note, edge = unfinished_note(curves), edge_note(curves)
-    return [f"<h2>Transfer of {html.escape(x)} across {html.escape(series)}</h2>",
-            f"<p class='warning'><b>Unfinished:</b> {html.escape(note)}.</p>" if note else "",
-            f"<p class='warning'><b>At the grid's end:</b> {html.escape(edge)}.</p>" if edge else "",
-            f"<p>Best {html.escape(x)} per {html.escape(series)} (its test loss in brackets; F = every point "
+    return [f"<h2>Transfer of {_escape(x)} across {_escape(series)}</h2>",
+            f"<p class='warning'><b>Unfinished:</b> {_escape(note)}.</p>" if note else "",
+            f"<p class='warning'><b>At the grid's end:</b> {_escape(edge)}.</p>" if edge else "",
+            f"<p>Best {_escape(x)} per {_escape(series)} (its test loss in brackets; F = every point "
             "failed), how far it moves, log2(max/min), and its largest move away from the first "
-            f"{html.escape(series)}'s optimum.</p>",
+            f"{_escape(series)}'s optimum.</p>",
             "<div class='figs'>" f"<img alt='transfer curves' src='{figure_to_data_uri(fig)}'></div>",
             "".join(table) + "</table>"]
 
