@@ -15,15 +15,21 @@ import catapult.engine.coord_check_study as study
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def test_steps_whose_batches_exceed_the_memory_are_refused_naming_the_key(tmp_path, capsys, monkeypatch):
-    # one batch: inputs and targets of 8 x 16 int64 tokens = 2048 bytes; 300 of them 614,400 > 100,000 / 2
-    monkeypatch.setattr(study, "_machine_memory", lambda device: 100_000, raising=False)  # absent before the check
+def _refused_at_300_steps(tmp_path, capsys):
+    """coord-check at 300 steps of 8 x 16 int64 batches exits 2 naming the key, before any output."""
     path = _config(tmp_path, densities=[0.5, 1.0], parametrizations=["sp"], steps=300)
     code = main(["coord-check", str(path), "--out", str(tmp_path / "out"), "--progress", "none"])
     err = capsys.readouterr().err
     assert code == 2, err
     assert "coord_check.steps" in err and "300 batches of 2048 bytes" in err
     assert not (tmp_path / "out").exists()
+    return path
+
+
+def test_steps_whose_batches_exceed_the_memory_are_refused_naming_the_key(tmp_path, capsys, monkeypatch):
+    # one batch: inputs and targets of 8 x 16 int64 tokens = 2048 bytes; 300 of them 614,400 > 100,000 / 2
+    monkeypatch.setattr(study, "_machine_memory", lambda device: 100_000, raising=False)  # absent before the check
+    path = _refused_at_300_steps(tmp_path, capsys)
 
     # a few steps, whose batches fit, still run (2 x 2048 bytes)
     assert main(["coord-check", str(path), "coord_check.steps=2", "--out", str(tmp_path / "out"),
@@ -35,12 +41,7 @@ def test_batches_over_half_the_memory_are_refused_though_they_would_fit_in_all_o
     # 300 x 2048 = 614,400 bytes: more than half of 1,000,000 (the models and their activations need
     # the rest), less than all of it (mutation pass 27, CC1: compared with all of it, it ran)
     monkeypatch.setattr(study, "_machine_memory", lambda device: 1_000_000, raising=False)
-    path = _config(tmp_path, densities=[0.5, 1.0], parametrizations=["sp"], steps=300)
-    code = main(["coord-check", str(path), "--out", str(tmp_path / "out"), "--progress", "none"])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "coord_check.steps" in err and "300 batches of 2048 bytes" in err
-    assert not (tmp_path / "out").exists()
+    _refused_at_300_steps(tmp_path, capsys)
 
 
 def test_a_full_batch_stream_keeps_one_batch_whatever_the_steps(tmp_path, capsys, monkeypatch):

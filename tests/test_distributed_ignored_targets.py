@@ -55,6 +55,14 @@ def problem(case):
 CASES = ["halves alike", "one half", "tokens", "per sample", "sum"]
 
 
+def sharpness_or_refusal(model, loss_fn, shard):
+    """The rank's distributed sharpness, or the text of the ValueError that refused it."""
+    try:
+        return catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
+    except ValueError as err:
+        return str(err)
+
+
 def measures(rank, world):
     out = {}
     for case in CASES:
@@ -96,10 +104,7 @@ def all_ignored_on_rank_1(rank, world):
     shard = (x[:5], y[:5]) if rank == 0 else (x[5:], y[5:])
     out = {}
     for name, loss_fn in (("mean", nn.CrossEntropyLoss()), ("sum", nn.CrossEntropyLoss(reduction="sum"))):
-        try:
-            out[name] = catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
-        except ValueError as err:
-            out[name] = str(err)
+        out[name] = sharpness_or_refusal(model, loss_fn, shard)
     return out
 
 
@@ -124,10 +129,7 @@ def sharded_measures(rank, world):
         fully_shard(model[0])
         fully_shard(model)
         shard = (x[:rows], y[:rows]) if rank == 0 else (x[rows:], y[rows:])
-        try:
-            out[case] = catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
-        except ValueError as err:
-            out[case] = str(err)
+        out[case] = sharpness_or_refusal(model, loss_fn, shard)
     return out
 
 
@@ -156,10 +158,7 @@ def unlike_targets_or_losses(rank, world):
             shard, loss_fn = (x[rows:], F.one_hot(y[rows:].clamp(min=0), VOCAB).double()), nn.CrossEntropyLoss()
         else:
             shard, loss_fn = (x[rows:], y[rows:]), nn.CrossEntropyLoss(reduction="sum")
-        try:
-            out[case] = catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
-        except ValueError as err:
-            out[case] = str(err)
+        out[case] = sharpness_or_refusal(model, loss_fn, shard)
     return out
 
 
