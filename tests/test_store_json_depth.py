@@ -8,19 +8,28 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
+
 from catapult import cli
 from catapult import config as cfg
 from catapult.sweep import parse_sweep, run_sweep
+from catapult.sweep.store import StoreError
 from catapult.sweep.store_rows import MAX_JSON_DEPTH
 
 from sweep_fakes import FakeRun
 
 
+CONFIG = cfg.validate({"name": "t", "train": {"steps": 2}})
+SPEC = parse_sweep({"grid": {"optimizer.lr": [0.1, 0.2], "model.density": [1.0, 0.5]}})
+
+
+def _sweep(path):
+    run_sweep(CONFIG, SPEC, path, run_fn=FakeRun(diverge_above=100.0), lambda0_fn=lambda c: 2.0, progress="none")
+
+
 def _store(tmp_path):
-    config = cfg.validate({"name": "t", "train": {"steps": 2}})
-    spec = parse_sweep({"grid": {"optimizer.lr": [0.1, 0.2], "model.density": [1.0, 0.5]}})
     path = tmp_path / "s.db"
-    run_sweep(config, spec, path, run_fn=FakeRun(diverge_above=100.0), lambda0_fn=lambda c: 2.0, progress="none")
+    _sweep(path)
     return path
 
 
@@ -67,3 +76,22 @@ def test_a_swept_value_nested_900_deep_is_a_damaged_store_for_transfer(tmp_path,
     assert code == 2 and err == (f"catapult transfer: error: {store} is damaged: meta axes_json nests more than "
                                  f"{MAX_JSON_DEPTH} levels deep\n")
     assert files == ["s.db"]
+
+
+@pytest.mark.parametrize("depth", [900, 990])
+def test_a_resume_over_a_cell_nested_deep_is_refused_as_a_damaged_store(tmp_path, depth):
+    # the resume's cell check read the stored rows with json.loads alone: 990 levels deep was a
+    # RecursionError traceback out of the JSON decoder, 900 a refusal that printed all 900 brackets
+    store = _store(tmp_path)
+    conn = sqlite3.connect(store)
+    swept = json.loads(conn.execute("SELECT swept_json FROM cells WHERE id = 1").fetchone()[0])
+    swept["model.density"] = "@@"
+    conn.execute("UPDATE cells SET swept_json = ? WHERE id = 1", (json.dumps(swept).replace('"@@"', _nested(depth)),))
+    conn.commit()
+    conn.close()
+    before = store.read_bytes()
+    with pytest.raises(StoreError) as refused:
+        _sweep(store)
+    message = str(refused.value)
+    assert message.startswith(f"{store} is damaged: cell 1's swept_json ") and len(message) < 300
+    assert store.read_bytes() == before

@@ -324,7 +324,10 @@ class Store(DriverClaims, Lambda0Cache):
         """Raise :class:`SpecChanged` if the stored cells are numbered differently from
         ``cells``. The same spec can do that (sweep.grid's keys listed in another order), and the
         remaining cells would then train other cells' configs under their ids. Reads only."""
-        stored_cells = {i: read_json(v) for i, v in self.conn.execute("SELECT id, swept_json FROM cells")}
+        # each stored row through json_field: a hand-made row nested ~1000 deep was a RecursionError
+        # traceback out of json here, and one 900 deep printed all its brackets in the refusal
+        stored_cells = {i: self.json_field(v, f"cell {i}'s swept_json")
+                        for i, v in self.conn.execute("SELECT id, swept_json FROM cells")}
         moved = [c for c in cells if stored_cells.get(c.id) != read_json(json_text(c.swept))]
         if moved or len(stored_cells) != len(cells):
             first = moved[0] if moved else None
