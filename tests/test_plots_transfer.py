@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from catapult.cli import main
-from catapult.plots.transfer import drift, optima, plot_transfer, shift, transfer_curves, transfer_table
+from catapult.plots.transfer import (drift, optima, optima_rows, plot_transfer, shift, transfer_curves,
+                                     transfer_table)
 
 AXES = [{"key": "model.parametrization", "values": ["sp", "supar"], "labels": ["sp", "supar"]},
         {"key": "model.density", "values": [1.0, 0.25, 0.0625], "labels": ["1", "0.25", "0.0625"]},
@@ -181,3 +182,12 @@ def test_every_point_of_a_loss_curve_lies_inside_the_axis_not_on_its_frame(losse
     bottom, top = ax.get_ylim()
     for loss in losses:
         assert bottom < loss < top, (loss, bottom, top)
+
+
+def test_series_alike_to_six_digits_have_headers_of_their_own():
+    # ':g' keeps 6 significant digits: densities 0.1 and 0.1000001 were both headed 'density=0.1',
+    # two columns of one name whose optima could not be told apart
+    header, rows = optima_rows(_weight_decay_cells({0.1: 0.0, 0.1000001: 0.01}))
+    assert header[1:3] == ["density=0.1", "density=0.1000001"]
+    assert rows[0][1:3] == ["0 (1)", "0.01 (1)"]
+    assert "| density=0.1 | density=0.1000001 |" in transfer_table(_weight_decay_cells({0.1: 0.0, 0.1000001: 0.01}))

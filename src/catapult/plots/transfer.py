@@ -349,7 +349,13 @@ def _label(key: str | None, value: Any) -> str:
     if key is None:
         return "all"
     short = key.split(".")[-1]
-    return f"{short}={value:g}" if isinstance(value, float) else f"{short}={_shown(value)}"
+    return f"{short}={_float_text(value)}" if isinstance(value, float) else f"{short}={_shown(value)}"
+
+
+def _float_text(x: float) -> str:
+    """``x`` as ``:g`` writes it where that reads back as ``x``, else its shortest exact text: two
+    series 0.1 and 0.1000001 were both headed ``density=0.1`` (``:g`` keeps 6 digits)."""
+    return f"{x:g}" if float(f"{x:g}") == x else repr(float(x))
 
 
 def _x_text(curves: TransferCurves, x: float) -> str:
@@ -357,7 +363,7 @@ def _x_text(curves: TransferCurves, x: float) -> str:
     as ``0.0312``, which selected nothing when pasted as a ``--where`` value."""
     if x in curves.x_labels:
         return curves.x_labels[x]
-    text = f"{x:g}" if float(f"{x:g}") == x else repr(float(x))
+    text = _float_text(x)
     return f"{text}/λ0" if curves.x_relative else text
 
 
