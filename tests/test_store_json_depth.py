@@ -37,9 +37,13 @@ def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-def _run(command, store, out, capsys):
+def _refused_as_too_deep(command, store, out, row, capsys):
+    """``catapult COMMAND store --out out`` exits 2 naming ``row`` as nested too deep, writing nothing."""
     code = cli.main([command, str(store), "--out", str(out)])
-    return code, capsys.readouterr().err, sorted(p.name for p in store.parent.iterdir())
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"catapult {command}: error: {store} is damaged: {row} nests more than "
+                                 f"{MAX_JSON_DEPTH} levels deep\n")
+    assert sorted(p.name for p in store.parent.iterdir()) == ["s.db"]
 
 
 def test_a_spec_nested_600_deep_is_a_damaged_store_for_the_report(tmp_path, capsys):
@@ -51,10 +55,7 @@ def test_a_spec_nested_600_deep_is_a_damaged_store_for_the_report(tmp_path, caps
     conn.execute("UPDATE meta SET value = ? WHERE key = 'spec_json'", (json.dumps(spec).replace('"@@"', _nested(600)),))
     conn.commit()
     conn.close()
-    code, err, files = _run("report", store, tmp_path / "r.html", capsys)
-    assert code == 2 and err == (f"catapult report: error: {store} is damaged: meta spec_json nests more than "
-                                 f"{MAX_JSON_DEPTH} levels deep\n")
-    assert files == ["s.db"]
+    _refused_as_too_deep("report", store, tmp_path / "r.html", "meta spec_json", capsys)
 
 
 def test_a_swept_value_nested_900_deep_is_a_damaged_store_for_transfer(tmp_path, capsys):
@@ -72,10 +73,7 @@ def test_a_swept_value_nested_900_deep_is_a_damaged_store_for_transfer(tmp_path,
                          (json.dumps(swept).replace('"@@"', _nested(900)), cell_id))
     conn.commit()
     conn.close()
-    code, err, files = _run("transfer", store, tmp_path / "c.png", capsys)
-    assert code == 2 and err == (f"catapult transfer: error: {store} is damaged: meta axes_json nests more than "
-                                 f"{MAX_JSON_DEPTH} levels deep\n")
-    assert files == ["s.db"]
+    _refused_as_too_deep("transfer", store, tmp_path / "c.png", "meta axes_json", capsys)
 
 
 @pytest.mark.parametrize("depth", [900, 990])
